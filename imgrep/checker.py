@@ -1,0 +1,140 @@
+"""Image existence checks: cached, deduplicated, concurrent and bounded by a deadline.
+
+Concurrent checks of one reference share one registry request (a future per key),
+and a check that outlives its admission request still fills the cache for the next.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, replace
+from typing import Callable
+
+from .cache import NEGATIVE_TTL_SECONDS, TTLCache
+from .errors import ImgrepError, InvalidReference, ManifestNotFound, RegistryError, RegistryUnavailable
+from .reference import Reference, parse_reference
+from .registry import RegistryClient, Repo
+
+__all__ = ["CheckResult", "ImageChecker", "EXISTS", "MISSING", "ERROR"]
+
+EXISTS, MISSING, ERROR = "exists", "missing", "error"
+#: threads resolving manifests at once; admissions wait in line beyond this
+CHECK_WORKERS = 32
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    image: str  # as written in the object
+    status: str  # exists | missing | error
+    reference: Reference | None = None
+    digest: str | None = None
+    reason: str = ""  # the short phrase admission denials use
+    detail: str = ""  # one line for operators
+    cached: bool = False
+    temporary: bool = False
+
+    @property
+    def registry(self) -> str:
+        return self.reference.registry if self.reference else "invalid"
+
+
+def result_from_error(image: str, reference: Reference | None, error: ImgrepError) -> CheckResult:
+    if isinstance(error, ManifestNotFound):
+        status, reason = MISSING, error.reason
+    elif isinstance(error, RegistryError):
+        status, reason = ERROR, error.reason
+    elif isinstance(error, InvalidReference):
+        status, reason = ERROR, "invalid reference"
+    else:
+        status, reason = ERROR, "error"
+    return CheckResult(image, status, reference, reason=reason, detail=str(error), temporary=error.temporary)
+
+
+class ImageChecker:
+    def __init__(
+        self,
+        client: RegistryClient,
+        *,
+        cache_ttl: float,
+        allowed_registries: frozenset[str] = frozenset(),
+        clock: Callable[[], float] = time.monotonic,
+        on_result: Callable[[CheckResult], None] = lambda result: None,
+        max_cache_entries: int = 10000,
+    ):
+        self.client = client
+        self.cache_ttl = cache_ttl
+        self.allowed = allowed_registries
+        self.clock = clock
+        self.on_result = on_result
+        self._cache: TTLCache[CheckResult] = TTLCache(max_cache_entries)
+        self._inflight: dict[str, Future[CheckResult]] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(CHECK_WORKERS, thread_name_prefix="imgrep-check")
+
+    def check_all(self, images: list[str], deadline: float) -> list[CheckResult]:
+        """One result per image, in order, all within ``deadline`` (monotonic seconds)."""
+        slots: list[CheckResult | Future[CheckResult]] = [self._start(image, deadline) for image in images]
+        pending = [slot for slot in slots if isinstance(slot, Future)]
+        if pending:
+            wait(pending, timeout=max(0.0, deadline - self.clock()))
+        results = [self._settle(image, slot) for image, slot in zip(images, slots)]
+        for result in results:
+            self.on_result(result)
+        return results
+
+    def _start(self, image: str, deadline: float) -> CheckResult | Future[CheckResult]:
+        try:
+            reference = parse_reference(image)
+        except InvalidReference as exc:
+            return result_from_error(image, None, exc)
+        if self.allowed and reference.registry not in self.allowed:
+            return CheckResult(image, ERROR, reference, reason="registry not allowed",
+                               detail=f"{reference.registry} is not in ALLOWED_REGISTRIES")
+        key = str(reference)
+        cached = self._cache.get(key, self.clock())
+        if cached is not None:
+            return replace(cached, image=image, cached=True)
+        with self._lock:
+            future = self._inflight.get(key)
+            if future is None:
+                future = self._pool.submit(self._lookup, image, reference, deadline)
+                self._inflight[key] = future
+                future.add_done_callback(lambda _f, k=key: self._forget(k))
+        return future
+
+    def _forget(self, key: str) -> None:
+        with self._lock:
+            self._inflight.pop(key, None)
+
+    def _settle(self, image: str, slot: CheckResult | Future[CheckResult]) -> CheckResult:
+        if not isinstance(slot, Future):
+            return slot
+        if not slot.done():
+            reference = parse_reference(image)
+            error = RegistryUnavailable(reference.registry, "no answer within the admission budget",
+                                        repository=reference.repository)
+            return result_from_error(image, reference, error)
+        return replace(slot.result(), image=image)
+
+    def _lookup(self, image: str, reference: Reference, deadline: float) -> CheckResult:
+        try:
+            info = self.client.resolve(Repo(reference.api_host, reference.repository), reference.identifier, deadline)
+        except ImgrepError as exc:
+            result = result_from_error(image, reference, exc)
+        else:
+            result = CheckResult(image, EXISTS, reference, digest=info.digest)
+        self._cache.put(str(reference), result, self._ttl(reference, result), self.clock())
+        return result
+
+    def _ttl(self, reference: Reference, result: CheckResult) -> float:
+        if result.status == EXISTS:
+            return math.inf if reference.digest else self.cache_ttl
+        if result.status == MISSING:
+            return min(self.cache_ttl, NEGATIVE_TTL_SECONDS)
+        return 0.0
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,175 @@
+"""Command line: ``serve`` (default), ``check IMAGE...``, ``--version``, ``--help``.
+
+Builds the config once and wires the pieces; the only place besides the servers
+where a broad ``except`` turns failures into an exit code and one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import ssl
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+from . import __version__
+from .checker import ERROR, EXISTS, ImageChecker
+from .config import Config, load_config
+from .errors import ConfigError, ImgrepError
+from .logs import Logger
+from .registry import RegistryClient
+from .server import App, CertificateReloader, HttpServer, Lifecycle
+from .telemetry import Telemetry
+from .transport import Transport
+from .webhook import JSON, Webhook
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+
+__all__ = ["main"]
+
+#: seconds the ``check`` command gives the registries
+CHECK_TIMEOUT = 60.0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imgrep",
+        description="Kubernetes validating admission webhook that checks container images exist "
+        "in their registries and replicates them to a target registry. Configured by environment "
+        "variables (see README).",
+    )
+    parser.add_argument("--version", action="version", version=f"imgrep {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser("serve", help="run the webhook and health servers (default)")
+    check = commands.add_parser("check", help="check that images exist; exit 0 all exist, 1 any missing, 2 any error")
+    check.add_argument("images", nargs="+", metavar="IMAGE")
+    return parser
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What ``serve`` and the commands share, built from one Config."""
+
+    config: Config
+    logger: Logger
+    telemetry: Telemetry
+    transport: Transport
+    client: RegistryClient
+    checker: ImageChecker
+
+
+def build_runtime(config: Config) -> Runtime:
+    logger = Logger(config.log_format, config.debug)
+    telemetry = Telemetry()
+    try:
+        transport = Transport(
+            insecure_registries=config.insecure_registries,
+            ca_file=config.registry_ca_file,
+            observe=telemetry.observe_registry_request,
+        )
+    except ssl.SSLError as exc:
+        raise ConfigError("REGISTRY_CA_FILE", f"not a PEM certificate bundle ({exc.reason})") from None
+    client = RegistryClient(transport, config.credentials)
+    checker = ImageChecker(client, cache_ttl=config.cache_ttl_seconds, allowed_registries=config.allowed_registries)
+    return Runtime(config, logger, telemetry, transport, client, checker)
+
+
+def _strip_scheme(image: str) -> str:
+    return image[len("docker://"):] if image.startswith("docker://") else image
+
+
+def run_check(runtime: Runtime, images: list[str]) -> int:
+    results = runtime.checker.check_all([_strip_scheme(i) for i in images], time.monotonic() + CHECK_TIMEOUT)
+    for result in results:
+        reason = result.reason + (f": {result.detail}" if result.detail else "")
+        print(f"{result.status}\t{result.image}\t{result.digest or '-'}\t{reason or '-'}")
+    statuses = {r.status for r in results}
+    if ERROR in statuses:
+        return 2
+    return 0 if statuses == {EXISTS} else 1
+
+
+def _json(document: object) -> tuple[int, str, bytes]:
+    return 200, JSON, json.dumps(document).encode()
+
+
+def _listen(variable: str, port: int, *args, **kwargs) -> HttpServer:
+    try:
+        return HttpServer(("", port), *args, **kwargs)
+    except OSError as exc:
+        raise ListenError(f"cannot listen on {variable}={port}: {exc.strerror or exc}") from None
+
+
+class ListenError(ImgrepError):
+    """A port that cannot be bound (in use, or privileged)."""
+
+
+def run_serve(runtime: Runtime) -> int:
+    config, logger = runtime.config, runtime.logger
+    lifecycle = Lifecycle()
+    webhook = Webhook(config, runtime.checker, runtime.telemetry, logger)
+
+    def metrics(_body, _headers):
+        return 200, METRICS_CONTENT_TYPE, runtime.telemetry.render()
+
+    def healthz(_body, _headers):
+        return _json({"status": "ok"})
+
+    def readyz(_body, _headers):
+        if lifecycle.ready and not lifecycle.draining:
+            return _json({"status": "ready"})
+        return 503, JSON, json.dumps({"status": "shutting down" if lifecycle.draining else "starting"}).encode()
+
+    def validate(body, headers):
+        status, answer = webhook.handle(body, headers.get("content-type", ""))
+        return status, JSON, answer
+
+    certificates = None
+    if not config.skip_tls:
+        try:
+            certificates = CertificateReloader(config.tls_cert_path, config.tls_key_path, logger)
+        except (OSError, ValueError) as exc:
+            raise ConfigError("TLS_CERT_PATH", f"cannot load certificate and key: {exc}") from None
+    common = {("GET", "/healthz"): healthz, ("GET", "/metrics"): metrics}
+    health = _listen("HEALTH_PORT", config.health_port, App({**common, ("GET", "/readyz"): readyz}, logger),
+                     logger, lifecycle)
+    server = _listen("PORT", config.port, App({**common, ("POST", "/validate"): validate}, logger), logger,
+                     lifecycle, certificates=certificates, max_connections=config.max_connections)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    health.serve_in_thread()
+    server.serve_in_thread()
+    lifecycle.ready = True
+    logger.info("started", version=__version__, config=config.summary())
+    stop.wait()
+    lifecycle.draining = True
+    logger.info("draining", delay_seconds=config.shutdown_delay_seconds)
+    time.sleep(config.shutdown_delay_seconds)
+    server.drain()
+    health.drain()
+    runtime.checker.close()
+    runtime.transport.close()
+    logger.info("stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        runtime = build_runtime(load_config(os.environ))
+        if args.command == "check":
+            return run_check(runtime, args.images)
+        return run_serve(runtime)
+    except ConfigError as exc:
+        print(f"imgrep: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except ListenError as exc:
+        print(f"imgrep: {exc}", file=sys.stderr)
+        return 1
+    except ImgrepError as exc:
+        print(f"imgrep: {exc}", file=sys.stderr)
+        return 2

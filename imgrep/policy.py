@@ -1,0 +1,90 @@
+"""Admission decisions: request and check results in, allow/deny with reasons out.
+
+Pure: SPEC "Admission semantics" as code. The order of the early exits matters:
+an ignored subresource or operation is allowed before anything is looked at; a
+skipped object is allowed but its images still reach the inventory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from .admission import WORKLOAD_KINDS, AdmissionRequest
+from .checker import EXISTS, CheckResult
+
+__all__ = ["Decision", "Pass", "triage", "decide", "CHECKED_SUBRESOURCES"]
+
+CHECKED_SUBRESOURCES = frozenset({"", "ephemeralcontainers"})
+CHECKED_OPERATIONS = frozenset({"CREATE", "UPDATE"})
+#: Kubernetes truncates long warnings; keep each one readable in kubectl's output
+MAX_WARNING = 250
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    #: the metrics/log label: ok, skipped, excluded, ignored, or the first failure's reason
+    reason: str
+    message: str = ""
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Pass:
+    """Why a request is allowed without looking at registries."""
+
+    reason: str
+
+
+def triage(request: AdmissionRequest, excluded_namespaces: frozenset[str]) -> Pass | None:
+    """Allow at once what SPEC says is not checked; None means check ``request.new_images``."""
+    if request.subresource not in CHECKED_SUBRESOURCES:
+        return Pass("ignored_subresource")
+    if request.operation not in CHECKED_OPERATIONS:
+        return Pass("ignored_operation")
+    if request.kind not in WORKLOAD_KINDS:
+        return Pass("ignored_kind")
+    if request.skip_label:
+        return Pass("skip_label")
+    if request.namespace in excluded_namespaces:
+        return Pass("excluded_namespace")
+    if not request.new_images:
+        return Pass("no_new_images")
+    return None
+
+
+def _label(reason: str) -> str:
+    return reason.replace(" ", "_").replace(",", "")
+
+
+def _describe(result: CheckResult) -> str:
+    detail = f" ({result.detail})" if result.detail else ""
+    return f"{result.image}: {result.reason}{detail}"
+
+
+def decide(
+    request: AdmissionRequest,
+    results: Sequence[CheckResult],
+    *,
+    mode: str,
+    error_policy: str,
+) -> Decision:
+    """Deny naming every failing image, unless audit mode or the error policy allows.
+
+    ``REGISTRY_ERROR_POLICY=allow`` only forgives temporary registry trouble
+    (unreachable, 5xx, timeouts), never a missing image or a refused login.
+    """
+    failures = [r for r in results if r.status != EXISTS]
+    if not failures:
+        return Decision(True, "ok")
+    forgiven = [r for r in failures if error_policy == "allow" and r.temporary]
+    blocking = [r for r in failures if r not in forgiven]
+    warnings = tuple(f"imgrep: {_describe(r)}"[:MAX_WARNING] for r in (failures if mode == "audit" else forgiven))
+    if not blocking:
+        return Decision(True, "registry_error_allowed", warnings=warnings)
+    if mode == "audit":
+        return Decision(True, "audit_" + _label(blocking[0].reason), warnings=warnings)
+    what = f"{request.kind} {request.namespace}/{request.name}".rstrip("/")
+    message = f"imgrep denied {what}: " + "; ".join(_describe(r) for r in blocking)
+    return Decision(False, _label(blocking[0].reason), message=message, warnings=warnings)

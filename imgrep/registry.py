@@ -1,0 +1,255 @@
+"""A registry v2 client: protocol decisions over the transport.
+
+Auth follows the challenge the registry gave last time, so a cold check of a new
+repository costs one token request (per scope and token lifetime) and one manifest
+request, instead of the naive 401 → token → retry three.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping
+
+from .auth import Token, TokenCache, basic_header, parse_token_response, token_request
+from .credentials import Credential, CredentialStore
+from .digest import compute, is_digest
+from .errors import (
+    DigestMismatch,
+    ManifestNotFound,
+    RegistryError,
+    RegistryProtocolError,
+    RegistryUnavailable,
+    Unauthorized,
+)
+from .protocol import (
+    MANIFEST_ACCEPT,
+    MAX_ERROR_BODY,
+    MAX_MANIFEST_BYTES,
+    Challenge,
+    error_summary,
+    manifest_path,
+    parse_challenge,
+    parse_retry_after,
+)
+from .retry import RETRYABLE_STATUS, RetryPolicy
+from .transport import Response, Transport
+
+__all__ = ["RegistryClient", "ManifestInfo", "Manifest", "Repo"]
+
+#: Token server answers are read no further than this.
+MAX_TOKEN_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Repo:
+    """A repository on a registry, as the API addresses it."""
+
+    registry: str  # API host, e.g. registry-1.docker.io or 127.0.0.1:5000
+    repository: str
+
+
+@dataclass(frozen=True)
+class ManifestInfo:
+    digest: str
+    media_type: str
+    size: int | None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    info: ManifestInfo
+    body: bytes
+
+
+_NO_AUTH = Challenge("none")
+
+
+class RegistryClient:
+    def __init__(
+        self,
+        transport: Transport,
+        credentials: CredentialStore,
+        *,
+        tokens: TokenCache | None = None,
+        retry: RetryPolicy = RetryPolicy(),
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.transport = transport
+        self.credentials = credentials
+        self.tokens = tokens or TokenCache()
+        self.retry = retry
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.sleep = sleep
+        self._challenges: dict[str, Challenge] = {}
+        self._token_locks: dict[tuple[str, tuple[str, ...]], threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    # -- operations ---------------------------------------------------------
+
+    def resolve(self, repo: Repo, identifier: str, deadline: float) -> ManifestInfo:
+        """The digest a tag or digest names (HEAD; GET and hash when the registry omits it)."""
+        with self._call(repo, "HEAD", manifest_path(repo.repository, identifier), deadline,
+                        headers={"Accept": MANIFEST_ACCEPT}) as response:
+            digest = response.header("Docker-Content-Digest")
+            media_type = response.header("Content-Type").split(";")[0].strip()
+            length = response.header("Content-Length")
+        if is_digest(identifier):
+            if digest and digest != identifier:
+                raise DigestMismatch(repo.registry, f"asked for {identifier}, registry says {digest}",
+                                     repository=repo.repository, digest=identifier)
+            digest = identifier
+        if not is_digest(digest):
+            return self.get_manifest(repo, identifier, deadline).info
+        return ManifestInfo(digest, media_type, int(length) if length.isdigit() else None)
+
+    def get_manifest(self, repo: Repo, identifier: str, deadline: float) -> Manifest:
+        """Manifest bytes, verified against the digest asked for or announced."""
+        with self._call(repo, "GET", manifest_path(repo.repository, identifier), deadline,
+                        headers={"Accept": MANIFEST_ACCEPT}) as response:
+            body = response.read_capped(MAX_MANIFEST_BYTES)
+            if len(body) >= MAX_MANIFEST_BYTES:
+                raise RegistryProtocolError(repo.registry, "manifest larger than 4 MiB", repository=repo.repository)
+            announced = response.header("Docker-Content-Digest")
+            media_type = response.header("Content-Type").split(";")[0].strip()
+        actual = compute(body)
+        for expected in (identifier if is_digest(identifier) else "", announced):
+            if expected and expected.startswith("sha256:") and expected != actual:
+                raise DigestMismatch(repo.registry, f"manifest {expected} hashes to {actual}",
+                                     repository=repo.repository, digest=expected)
+        return Manifest(ManifestInfo(actual, media_type, len(body)), body)
+
+    # -- the request loop ---------------------------------------------------
+
+    def _call(
+        self,
+        repo: Repo,
+        method: str,
+        path: str,
+        deadline: float,
+        *,
+        headers: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+        scopes: tuple[str, ...] | None = None,
+        ok: Iterable[int] = (200,),
+    ) -> Response:
+        """One authenticated request with retries for 429/5xx/network faults within ``deadline``.
+
+        Maps the final status to the typed errors admission speaks of.
+        """
+        scopes = scopes or (f"repository:{repo.repository}:pull",)
+        url = self.transport.base_url(repo.registry) + path
+        attempt = 0
+        while True:
+            attempt += 1
+            retry_after = None
+            try:
+                response = self._authorized(repo, scopes, method, url, dict(headers or {}), body, deadline)
+            except RegistryUnavailable as exc:
+                failure: RegistryError = exc
+            else:
+                if response.status in ok:
+                    return response
+                failure = self._failure(repo, method, response)
+                if response.status == 429:
+                    retry_after = parse_retry_after(response.header("Retry-After"), self.wall_clock())
+                if response.status not in RETRYABLE_STATUS:
+                    raise failure
+            wait = self.retry.delay(attempt, retry_after, random.random())
+            if wait is None or not self.retry.fits(wait, self.clock(), deadline):
+                raise failure
+            self.sleep(wait)
+
+    def _failure(self, repo: Repo, method: str, response: Response) -> RegistryError:
+        status = response.status
+        detail = "" if method == "HEAD" else error_summary(response.read_capped(MAX_ERROR_BODY))
+        response.close()
+        where = dict(repository=repo.repository, status=status)
+        if status == 404:
+            return ManifestNotFound(repo.registry, detail or "manifest unknown", **where)
+        if status in (401, 403):
+            return Unauthorized(repo.registry, detail or "access denied with the configured credentials", **where)
+        if status == 429:
+            return RegistryUnavailable(repo.registry, detail or "rate limited (429)", **where)
+        if status >= 500:
+            return RegistryUnavailable(repo.registry, detail or "server error", **where)
+        return RegistryProtocolError(repo.registry, detail or f"unexpected answer to {method}", **where)
+
+    def _authorized(self, repo, scopes, method, url, headers, body, deadline) -> Response:
+        credential = self.credentials.lookup(repo.registry)
+        challenge = self._challenges.get(repo.registry)
+        fresh = False
+        if challenge is not None:
+            authorization, fresh = self._authorization(repo.registry, challenge, scopes, credential, deadline)
+            if authorization:
+                headers["Authorization"] = authorization
+        response = self._send(method, url, headers, body, deadline)
+        if response.status != 401 or fresh:
+            return response
+        header = response.header("WWW-Authenticate")
+        response.read_capped(MAX_ERROR_BODY)
+        challenge = parse_challenge(header)
+        if challenge is None or challenge.scheme not in ("bearer", "basic"):
+            raise Unauthorized(repo.registry, "registry asks for an authentication scheme imgrep does not speak",
+                               repository=repo.repository, status=401)
+        with self._lock:
+            self._challenges[repo.registry] = challenge
+        authorization, _ = self._authorization(repo.registry, challenge, scopes, credential, deadline, refresh=True)
+        if not authorization:
+            raise Unauthorized(repo.registry, "registry requires credentials and none are configured",
+                               repository=repo.repository, status=401)
+        headers["Authorization"] = authorization
+        return self._send(method, url, headers, body, deadline)
+
+    def _authorization(
+        self,
+        registry: str,
+        challenge: Challenge,
+        scopes: tuple[str, ...],
+        credential: Credential | None,
+        deadline: float,
+        refresh: bool = False,
+    ) -> tuple[str | None, bool]:
+        """The Authorization value for a request and whether it was just obtained."""
+        if credential and credential.registry_token:
+            return f"Bearer {credential.registry_token}", refresh
+        if challenge.scheme == "basic":
+            if credential and credential.password:
+                return basic_header(credential.username, credential.password), refresh
+            return None, refresh
+        if challenge.scheme != "bearer":
+            return None, False
+        key = (registry, scopes)
+        with self._lock:
+            lock = self._token_locks.setdefault(key, threading.Lock())
+        with lock:  # one token request per scope, however many checks wait for it
+            token = None if refresh else self.tokens.get(registry, scopes, self.clock())
+            if token is None:
+                token = self._fetch_token(registry, challenge, scopes, credential, deadline)
+                self.tokens.put(registry, scopes, token, self.clock())
+                return f"Bearer {token.value}", True
+        return f"Bearer {token.value}", False
+
+    def _fetch_token(self, registry, challenge, scopes, credential, deadline) -> Token:
+        request = token_request(challenge, scopes, credential)
+        response = self._send(request.method, request.url, dict(request.headers), request.body, deadline)
+        body = response.read_capped(MAX_TOKEN_BYTES)
+        if response.status == 200:
+            return parse_token_response(body, self.clock(), registry)
+        if response.status in (401, 403):
+            raise Unauthorized(registry, "token server refused the credentials", status=response.status)
+        if response.status in RETRYABLE_STATUS:
+            raise RegistryUnavailable(registry, "token server unavailable", status=response.status)
+        raise RegistryProtocolError(registry, f"token server answered {error_summary(body) or 'unexpectedly'}",
+                                    status=response.status)
+
+    def _send(self, method, url, headers, body, deadline) -> Response:
+        remaining = deadline - self.clock()
+        if remaining <= 0:
+            raise RegistryUnavailable(url.split("/")[2], "timed out (admission budget spent)")
+        return self.transport.request(method, url, headers, body, timeout=min(remaining, self.transport.timeout))

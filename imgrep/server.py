@@ -1,0 +1,271 @@
+"""The webhook (TLS) and health (plain HTTP) servers.
+
+``ThreadingHTTPServer`` with the pitfalls of its defaults fixed: the TLS handshake runs
+in the connection's thread (a stalled client cannot block ``accept``), every response
+goes out in one write with ``TCP_NODELAY`` (no 40 ms delayed-ACK stall on keep-alive),
+connections are capped and time out, and shutdown drains in-flight requests.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+from .admission import MAX_BODY_BYTES
+from .logs import Logger
+
+__all__ = ["Route", "App", "HttpServer", "CertificateReloader", "Lifecycle"]
+
+#: seconds a connection may sit idle or take to send one read's worth of a request
+SOCKET_TIMEOUT = 30.0
+#: seconds a client gets to complete the TLS handshake
+HANDSHAKE_TIMEOUT = 10.0
+#: certificate files are checked for renewal at most this often
+CERT_CHECK_INTERVAL = 1.0
+#: header lines and sizes beyond which a request is refused (http.server caps 100 lines)
+MAX_HEADER_LINE = 8192
+
+#: (status, content type, body)
+Reply = tuple[int, str, bytes]
+Route = Callable[[bytes, dict[str, str]], Reply]
+
+
+@dataclass
+class Lifecycle:
+    """Ready once the webhook listens with its certificate; draining after SIGTERM."""
+
+    ready: bool = False
+    draining: bool = False
+
+
+class App:
+    """Routes for one listener: (method, path) → handler."""
+
+    def __init__(self, routes: dict[tuple[str, str], Route], logger: Logger):
+        self.routes = routes
+        self.logger = logger
+
+    def dispatch(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> Reply:
+        route = self.routes.get((method, path.split("?", 1)[0]))
+        if route is None:
+            known = {p for (_, p) in self.routes}
+            if path.split("?", 1)[0] in known:
+                return _plain(405, "method not allowed")
+            return _plain(404, "not found")
+        return route(body, headers)
+
+
+def _plain(status: int, reason: str) -> Reply:
+    return status, "application/json", ('{"error": "%s"}' % reason).encode()
+
+
+class CertificateReloader:
+    """Serves the newest certificate pair: files are checked on new connections,
+    at most once per CERT_CHECK_INTERVAL, and a pair that fails to load (a renewal
+    caught half-written) keeps the previous context in use."""
+
+    def __init__(self, cert_path: str, key_path: str, logger: Logger, clock=time.monotonic):
+        self.cert_path, self.key_path = cert_path, key_path
+        self.logger = logger
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._stamp = self._files_stamp()
+        self._checked = clock()
+        self.context = self._load()  # start-up failure propagates: no certificate, no webhook
+
+    def _files_stamp(self) -> tuple:
+        stats = [os.stat(p) for p in (self.cert_path, self.key_path)]
+        return tuple((s.st_mtime_ns, s.st_size, s.st_ino) for s in stats)
+
+    def _load(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.cert_path, self.key_path)
+        context.set_alpn_protocols(["http/1.1"])
+        return context
+
+    def current(self) -> ssl.SSLContext:
+        now = self.clock()
+        if now - self._checked < CERT_CHECK_INTERVAL:
+            return self.context
+        with self._lock:
+            self._checked = now
+            try:
+                stamp = self._files_stamp()
+                if stamp != self._stamp:
+                    self.context = self._load()
+                    self._stamp = stamp
+                    self.logger.info("certificate_reloaded", cert=self.cert_path)
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                self.logger.warning("certificate_reload_failed", cert=self.cert_path, error=str(exc)[:200])
+        return self.context
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "imgrep"
+    sys_version = ""
+    timeout = SOCKET_TIMEOUT
+    server: "HttpServer"
+
+    def setup(self) -> None:
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(HANDSHAKE_TIMEOUT)
+            self.request.do_handshake()
+        super().setup()
+
+    def handle(self) -> None:
+        self.server.track(self, busy=False)
+        try:
+            super().handle()
+        except (OSError, ssl.SSLError) as exc:  # handshake failures, resets, timeouts
+            self.server.logger.debug("connection_error", peer=self.client_address[0], error=str(exc)[:200])
+        finally:
+            self.server.untrack(self)
+
+    def handle_one_request(self) -> None:
+        if self.server.lifecycle.draining and self.server.stopping.is_set():
+            self.close_connection = True
+            return
+        super().handle_one_request()
+        self.server.track(self, busy=False)
+
+    def parse_request(self) -> bool:
+        self.server.track(self, busy=True)
+        return super().parse_request()
+
+    def _serve(self) -> None:
+        method = self.command
+        length = self.headers.get("Content-Length")
+        body = b""
+        if method == "POST":
+            if self.headers.get("Transfer-Encoding") or length is None or not length.isdigit():
+                return self._reply(*_plain(411, "Content-Length required"), close=True)
+            if int(length) > MAX_BODY_BYTES:
+                return self._reply(*_plain(413, "request body larger than 3 MiB"), close=True)
+            body = self.rfile.read(int(length))
+            if len(body) != int(length):
+                self.close_connection = True
+                return
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        try:
+            reply = self.server.app.dispatch(method, self.path, body, headers)
+        except Exception as exc:  # the boundary: a bug becomes a 500 line, never a traceback to the client
+            self.server.logger.error("internal_error", path=self.path.split("?")[0], error=f"{type(exc).__name__}: {exc}"[:300])
+            reply = _plain(500, "internal error")
+        self._reply(*reply, close=self.server.lifecycle.draining)
+
+    do_GET = do_POST = _serve
+
+    def _reply(self, status: int, content_type: str, body: bytes, close: bool = False) -> None:
+        """Status line, headers and body in a single write (see module docstring)."""
+        if close:
+            self.close_connection = True
+        head = [
+            f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
+            f"Content-Type: {content_type}",
+            f"Content-Length: {len(body)}",
+            "Server: imgrep",
+        ]
+        if self.close_connection:
+            head.append("Connection: close")
+        self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own errors (bad request line, huge headers) as one-line JSON."""
+        self.close_connection = True
+        reason = (message or HTTPStatus(code).phrase).replace('"', "'")
+        self._reply(*_plain(code, reason), close=True)
+
+    def log_message(self, format: str, *args) -> None:
+        self.server.logger.debug("http", peer=self.client_address[0], line=format % args)
+
+
+class HttpServer(ThreadingHTTPServer):
+    """One listener. ``certificates`` set → TLS, handshake per connection thread."""
+
+    daemon_threads = False
+    block_on_close = True
+    request_queue_size = 128
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        app: App,
+        logger: Logger,
+        lifecycle: Lifecycle,
+        *,
+        certificates: CertificateReloader | None = None,
+        max_connections: int = 256,
+    ):
+        self.app = app
+        self.logger = logger
+        self.lifecycle = lifecycle
+        self.certificates = certificates
+        self.stopping = threading.Event()
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._connections: dict[_Handler, bool] = {}
+        self._conn_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def get_request(self):
+        sock, address = self.socket.accept()
+        if self.certificates is not None:
+            sock = self.certificates.current().wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, address
+
+    def process_request(self, request, client_address) -> None:
+        """Wait for a free slot: past the cap, clients queue in the kernel backlog."""
+        while not self._slots.acquire(timeout=0.2):
+            if self.stopping.is_set():
+                self.shutdown_request(request)
+                return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        self.logger.debug("connection_error", peer=client_address[0])
+
+    def track(self, handler: _Handler, busy: bool) -> None:
+        with self._conn_lock:
+            self._connections[handler] = busy
+
+    def untrack(self, handler: _Handler) -> None:
+        with self._conn_lock:
+            self._connections.pop(handler, None)
+
+    def drain(self) -> None:
+        """Stop accepting, close idle keep-alive connections, let busy ones answer, join."""
+        self.stopping.set()
+        self.shutdown()
+        with self._conn_lock:
+            idle = [h for h, busy in self._connections.items() if not busy]
+        for handler in idle:
+            try:  # the raw socket's read side: SSLSocket.shutdown would drop the TLS layer
+                socket.socket.shutdown(handler.connection, socket.SHUT_RD)
+            except OSError:
+                pass  # already closed by the peer
+        self.server_close()
+
+    def serve_in_thread(self) -> threading.Thread:
+        thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2},
+                                  name=f"imgrep-listen-{self.server_address[1]}", daemon=True)
+        thread.start()
+        return thread

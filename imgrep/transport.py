@@ -1,0 +1,238 @@
+"""HTTP to registries: the only user of ``http.client``.
+
+Keep-alive connections pooled per host, every socket with a timeout, TLS with the
+system trust store plus ``REGISTRY_CA_FILE``, plain HTTP for ``INSECURE_REGISTRIES``,
+and redirects followed by hand so that ``Authorization`` never reaches another host
+(``urllib.request`` would forward it).
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping
+from urllib.parse import urljoin, urlsplit
+
+from . import __version__
+from .errors import RegistryUnavailable
+from .protocol import redact_url
+
+__all__ = ["Transport", "Response", "Observer", "USER_AGENT"]
+
+USER_AGENT = f"imgrep/{__version__}"
+MAX_REDIRECTS = 5
+#: Idle connections kept per host; enough for the copy pool plus admission checks.
+MAX_IDLE_PER_HOST = 16
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError, http.client.BadStatusLine)
+
+#: (host, method, status code or "error", seconds) after every request
+Observer = Callable[[str, str, str, float], None]
+
+
+@dataclass(frozen=True)
+class _Origin:
+    scheme: str
+    host: str  # hostname, IPv6 without brackets
+    port: int
+
+    @property
+    def netloc(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+def _origin(url: str) -> _Origin:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {redact_url(url)}")
+    return _Origin(parts.scheme, parts.hostname.lower(), parts.port or (443 if parts.scheme == "https" else 80))
+
+
+class Response:
+    """A response whose connection returns to the pool once the body is consumed."""
+
+    def __init__(self, raw: http.client.HTTPResponse, url: str, release: Callable[[bool], None]):
+        self._raw = raw
+        self._release = release
+        self._done = False
+        self.status = raw.status
+        self.headers = raw.headers
+        self.url = url
+
+    def header(self, name: str, default: str = "") -> str:
+        return self.headers.get(name, default) or default
+
+    def read(self, amount: int | None = None) -> bytes:
+        data = self._raw.read(amount) if amount is not None else self._raw.read()
+        if not data or amount is None or self._raw.isclosed():
+            self._finish(reusable=True)
+        return data
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:
+        count = self._raw.readinto(buffer)
+        if count == 0 or self._raw.isclosed():
+            self._finish(reusable=True)
+        return count
+
+    def read_capped(self, limit: int) -> bytes:
+        """Read at most ``limit`` bytes; a longer body closes the connection."""
+        data = self._raw.read(limit + 1)
+        if len(data) > limit:
+            self._finish(reusable=False)
+            return data[:limit]
+        self._finish(reusable=True)
+        return data
+
+    def close(self) -> None:
+        """Give the connection back if the body is fully read, else drop it."""
+        self._finish(reusable=self._raw.isclosed() or self._raw.length == 0)
+
+    def _finish(self, reusable: bool) -> None:
+        if self._done:
+            return
+        self._done = True
+        reusable = reusable and self._raw.isclosed() and not self._raw.will_close
+        if not reusable:
+            self._raw.close()
+        self._release(reusable)
+
+    def __enter__(self) -> "Response":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Transport:
+    def __init__(
+        self,
+        *,
+        insecure_registries: frozenset[str] = frozenset(),
+        ca_file: str | None = None,
+        timeout: float = 30.0,
+        observe: Observer | None = None,
+        resolve_guard: Callable[[str, int], None] | None = None,
+    ):
+        self.insecure = insecure_registries
+        self.timeout = timeout
+        self._observe = observe or (lambda *args: None)
+        self._guard = resolve_guard
+        self._tls = ssl.create_default_context(cafile=None)
+        self._tls.minimum_version = ssl.TLSVersion.TLSv1_2
+        if ca_file:
+            self._tls.load_verify_locations(cafile=ca_file)
+        self._idle: dict[_Origin, list[http.client.HTTPConnection]] = {}
+        self._lock = threading.Lock()
+
+    def base_url(self, registry: str) -> str:
+        """``https://host`` or ``http://host`` for an ``INSECURE_REGISTRIES`` entry."""
+        scheme = "http" if registry in self.insecure else "https"
+        return f"{scheme}://{registry}"
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None = None,
+        body: bytes | Iterable[bytes] | None = None,
+        *,
+        timeout: float | None = None,
+        follow_redirects: bool = True,
+    ) -> Response:
+        """Send one request; raise RegistryUnavailable on network failure.
+
+        Redirects (GET/HEAD only) are followed up to MAX_REDIRECTS; ``Authorization``
+        is dropped as soon as the origin changes.
+        """
+        headers = dict(headers or {})
+        headers.setdefault("User-Agent", USER_AGENT)
+        first = _origin(url)
+        for _ in range(MAX_REDIRECTS + 1):
+            response = self._send(method, url, headers, body, timeout or self.timeout)
+            location = response.header("Location")
+            if not (follow_redirects and response.status in _REDIRECTS and location and method in ("GET", "HEAD")):
+                return response
+            response.read_capped(4096)
+            url = urljoin(url, location)
+            if _origin(url) != first:
+                headers.pop("Authorization", None)
+        raise RegistryUnavailable(first.netloc, f"more than {MAX_REDIRECTS} redirects, last to {redact_url(url)}")
+
+    def _send(self, method: str, url: str, headers: dict[str, str], body, timeout: float) -> Response:
+        origin = _origin(url)
+        parts = urlsplit(url)
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        replayable = body is None or isinstance(body, (bytes, bytearray))
+        started = time.monotonic()
+        for attempt in (1, 2):
+            connection, reused = self._connection(origin, timeout)
+            try:
+                connection.request(method, target, body=body, headers=headers)
+                raw = connection.getresponse()
+            except _STALE as exc:
+                connection.close()
+                if reused and replayable and attempt == 1:
+                    continue  # a pooled connection the server had already closed
+                self._observe(origin.netloc, method, "error", time.monotonic() - started)
+                raise RegistryUnavailable(origin.netloc, f"connection failed: {_describe(exc)}") from None
+            except (OSError, http.client.HTTPException) as exc:
+                connection.close()
+                self._observe(origin.netloc, method, "error", time.monotonic() - started)
+                raise RegistryUnavailable(origin.netloc, f"connection failed: {_describe(exc)}") from None
+            self._observe(origin.netloc, method, str(raw.status), time.monotonic() - started)
+            if method == "HEAD":
+                raw.read()
+            return Response(raw, url, lambda reusable, c=connection: self._release(origin, c, reusable))
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _connection(self, origin: _Origin, timeout: float) -> tuple[http.client.HTTPConnection, bool]:
+        with self._lock:
+            idle = self._idle.get(origin)
+            connection = idle.pop() if idle else None
+        if connection is not None:
+            connection.timeout = timeout
+            if connection.sock is not None:
+                connection.sock.settimeout(timeout)
+            return connection, True
+        if self._guard:
+            self._guard(origin.host, origin.port)
+        if origin.scheme == "https":
+            connection = http.client.HTTPSConnection(origin.host, origin.port, timeout=timeout, context=self._tls)
+        else:
+            connection = http.client.HTTPConnection(origin.host, origin.port, timeout=timeout)
+        return connection, False
+
+    def _release(self, origin: _Origin, connection: http.client.HTTPConnection, reusable: bool) -> None:
+        if not reusable or connection.sock is None:
+            connection.close()
+            return
+        with self._lock:
+            idle = self._idle.setdefault(origin, [])
+            if len(idle) < MAX_IDLE_PER_HOST:
+                idle.append(connection)
+                return
+        connection.close()
+
+    def close(self) -> None:
+        with self._lock:
+            pools, self._idle = self._idle, {}
+        for idle in pools.values():
+            for connection in idle:
+                connection.close()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, socket.timeout):
+        return "timed out"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate not trusted ({exc.verify_message})"
+    text = str(exc) or type(exc).__name__
+    return " ".join(text.split())[:200]

@@ -1,0 +1,101 @@
+"""The admission endpoint's work: decode, triage, check, decide, record, answer.
+
+HTTP-agnostic: the server hands over the body and sends back what this returns.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Callable
+
+from .admission import WORKLOAD_KINDS, AdmissionRequest, decode_review, encode_response
+from .checker import CheckResult, ImageChecker
+from .config import Config
+from .errors import BadAdmissionReview
+from .logs import Logger
+from .policy import Decision, decide, triage
+from .telemetry import Telemetry
+
+__all__ = ["Webhook", "JSON"]
+
+JSON = "application/json"
+#: label values come from the request body; anything else is "other" to bound cardinality
+_OPERATIONS = frozenset({"CREATE", "UPDATE", "DELETE", "CONNECT"})
+
+
+def _error_body(reason: str) -> bytes:
+    return json.dumps({"error": reason}).encode("utf-8")
+
+
+class Webhook:
+    def __init__(
+        self,
+        config: Config,
+        checker: ImageChecker,
+        telemetry: Telemetry,
+        logger: Logger,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.config = config
+        self.checker = checker
+        self.telemetry = telemetry
+        self.logger = logger
+        self.clock = clock
+
+    def handle(self, body: bytes, content_type: str) -> tuple[int, bytes]:
+        """(HTTP status, JSON body): 200 with an AdmissionReview, or 4xx with a one-line reason."""
+        started = self.clock()
+        self.telemetry.admission_in_flight.inc()
+        try:
+            if content_type.split(";")[0].strip().lower() != JSON:
+                raise BadAdmissionReview("Content-Type must be application/json", status=415)
+            request = decode_review(body)
+            decision = self._decide(request, started + self.config.admission_budget_seconds)
+        except BadAdmissionReview as exc:
+            self.logger.warning("bad_request", reason=exc.reason, status=exc.status)
+            return exc.status, _error_body(exc.reason)
+        finally:
+            self.telemetry.admission_in_flight.dec()
+        elapsed = self.clock() - started
+        self._record(request, decision, elapsed)
+        return 200, encode_response(request.api_version, request.uid, decision.allowed,
+                                    decision.message, decision.warnings)
+
+    def _decide(self, request: AdmissionRequest, deadline: float) -> Decision:
+        passed = triage(request, self.config.excluded_namespaces)
+        if passed is not None:
+            return Decision(True, passed.reason)
+        results = self.checker.check_all(list(request.new_images), deadline)
+        self._count_checks(results)
+        return decide(request, results, mode=self.config.mode, error_policy=self.config.registry_error_policy)
+
+    def _count_checks(self, results: list[CheckResult]) -> None:
+        for result in results:
+            outcome = "cached" if result.cached else result.status
+            self.telemetry.image_checks.labels(
+                registry=self.telemetry.registry_label(result.registry), result=outcome).inc()
+
+    def _record(self, request: AdmissionRequest, decision: Decision, elapsed: float) -> None:
+        result = "allowed" if decision.allowed else "denied"
+        self.telemetry.admission_requests.labels(
+            operation=request.operation if request.operation in _OPERATIONS else "other",
+            kind=request.kind if request.kind in WORKLOAD_KINDS else "other",
+            result=result, reason=decision.reason).inc()
+        self.telemetry.admission_duration.observe(elapsed)
+        log = self.logger.info if decision.allowed and not decision.warnings else self.logger.warning
+        log(
+            "admission",
+            uid=request.uid,
+            kind=request.kind,
+            operation=request.operation,
+            namespace=request.namespace,
+            name=request.name,
+            images=list(request.images),
+            result=result,
+            reason=decision.reason,
+            message=decision.message or None,
+            warnings=list(decision.warnings) or None,
+            dry_run=request.dry_run or None,
+            duration_ms=round(elapsed * 1000, 2),
+        )
