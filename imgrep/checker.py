@@ -10,47 +10,19 @@ import math
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Callable
 
 from .cache import NEGATIVE_TTL_SECONDS, TTLCache
-from .errors import ImgrepError, InvalidReference, ManifestNotFound, RegistryError, RegistryUnavailable
+from .errors import ImgrepError, InvalidReference, RegistryUnavailable
 from .reference import Reference, parse_reference
 from .registry import RegistryClient, Repo
+from .results import ERROR, EXISTS, MISSING, CheckResult, result_from_error
 
-__all__ = ["CheckResult", "ImageChecker", "EXISTS", "MISSING", "ERROR"]
+__all__ = ["ImageChecker", "CHECK_WORKERS"]
 
-EXISTS, MISSING, ERROR = "exists", "missing", "error"
 #: threads resolving manifests at once; admissions wait in line beyond this
 CHECK_WORKERS = 32
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    image: str  # as written in the object
-    status: str  # exists | missing | error
-    reference: Reference | None = None
-    digest: str | None = None
-    reason: str = ""  # the short phrase admission denials use
-    detail: str = ""  # one line for operators
-    cached: bool = False
-    temporary: bool = False
-
-    @property
-    def registry(self) -> str:
-        return self.reference.registry if self.reference else "invalid"
-
-
-def result_from_error(image: str, reference: Reference | None, error: ImgrepError) -> CheckResult:
-    if isinstance(error, ManifestNotFound):
-        status, reason = MISSING, error.reason
-    elif isinstance(error, RegistryError):
-        status, reason = ERROR, error.reason
-    elif isinstance(error, InvalidReference):
-        status, reason = ERROR, "invalid reference"
-    else:
-        status, reason = ERROR, "error"
-    return CheckResult(image, status, reference, reason=reason, detail=str(error), temporary=error.temporary)
 
 
 class ImageChecker:
@@ -94,15 +66,19 @@ class ImageChecker:
             return CheckResult(image, ERROR, reference, reason="registry not allowed",
                                detail=f"{reference.registry} is not in ALLOWED_REGISTRIES")
         key = str(reference)
-        cached = self._cache.get(key, self.clock())
-        if cached is not None:
-            return replace(cached, image=image, cached=True)
         with self._lock:
+            # cache and in-flight map are read together: a lookup caches its result before
+            # it is forgotten, so a key in neither place truly needs a new lookup
+            cached = self._cache.get(key, self.clock())
+            if cached is not None:
+                return replace(cached, image=image, cached=True)
             future = self._inflight.get(key)
-            if future is None:
-                future = self._pool.submit(self._lookup, image, reference, deadline)
-                self._inflight[key] = future
-                future.add_done_callback(lambda _f, k=key: self._forget(k))
+            if future is not None:
+                return future
+            future = self._pool.submit(self._lookup, image, reference, deadline)
+            self._inflight[key] = future
+        # outside the lock: a lookup that has already finished runs _forget right here
+        future.add_done_callback(lambda _f, k=key: self._forget(k))
         return future
 
     def _forget(self, key: str) -> None:

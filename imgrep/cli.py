@@ -14,14 +14,19 @@ import ssl
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from . import __version__
-from .checker import ERROR, EXISTS, ImageChecker
+from .checker import ImageChecker
+from .copier import Copier, CopyResult, Progress
+from .results import ERROR, EXISTS
 from .config import Config, load_config
 from .errors import ConfigError, ImgrepError
 from .logs import Logger
-from .registry import RegistryClient
+from .reference import Reference, parse_reference
+from .registry import RegistryClient, Repo
+from .replicator import Replicator
 from .server import App, CertificateReloader, HttpServer, Lifecycle
 from .telemetry import Telemetry
 from .transport import Transport
@@ -46,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("serve", help="run the webhook and health servers (default)")
     check = commands.add_parser("check", help="check that images exist; exit 0 all exist, 1 any missing, 2 any error")
     check.add_argument("images", nargs="+", metavar="IMAGE")
+    copy = commands.add_parser("copy", help="replicate one image (every platform) with the webhook's engine; "
+                                            "prints the digest")
+    copy.add_argument("source", metavar="SOURCE")
+    copy.add_argument("target", metavar="TARGET", help="without a tag, the source's tag (or digest) is used")
+    copy.add_argument("--progress", action="store_true", help="show bytes copied on stderr")
     return parser
 
 
@@ -59,6 +69,8 @@ class Runtime:
     transport: Transport
     client: RegistryClient
     checker: ImageChecker
+    copier: Copier
+    replicator: Replicator | None
 
 
 def build_runtime(config: Config) -> Runtime:
@@ -74,7 +86,31 @@ def build_runtime(config: Config) -> Runtime:
         raise ConfigError("REGISTRY_CA_FILE", f"not a PEM certificate bundle ({exc.reason})") from None
     client = RegistryClient(transport, config.credentials)
     checker = ImageChecker(client, cache_ttl=config.cache_ttl_seconds, allowed_registries=config.allowed_registries)
-    return Runtime(config, logger, telemetry, transport, client, checker)
+    blob_pool = ThreadPoolExecutor(config.copy_concurrency, thread_name_prefix="imgrep-blob")
+    copier = Copier(client, blob_pool, on_blob=lambda result, size: telemetry.blobs.labels(result=result).inc())
+    replicator = None
+    if config.target:
+        replicator = Replicator(copier, client, config.target, include_registry=config.target_include_registry,
+                                timeout=config.replication_timeout_seconds,
+                                on_done=_replication_recorder(config, telemetry, logger))
+    return Runtime(config, logger, telemetry, transport, client, checker, copier, replicator)
+
+
+def _replication_recorder(config: Config, telemetry: Telemetry, logger: Logger):
+    def record(reference: Reference, result: CopyResult | None, seconds: float, error: str) -> None:
+        labels = dict(source_registry=telemetry.registry_label(reference.registry),
+                      target_registry=config.target.host)
+        outcome = "failed" if result is None else "copied" if result.copied else "exists"
+        telemetry.replications.labels(**labels, result=outcome).inc()
+        telemetry.replication_duration.observe(seconds)
+        if result is not None:
+            telemetry.replicated_bytes.labels(**labels).inc(result.stats.bytes)
+            logger.info("replicated", image=str(reference), digest=result.digest, result=outcome,
+                        blobs_copied=result.stats.copied, blobs_existing=result.stats.exists,
+                        blobs_mounted=result.stats.mounted, bytes=result.stats.bytes, seconds=round(seconds, 3))
+        else:
+            logger.warning("replication_failed", image=str(reference), error=error, seconds=round(seconds, 3))
+    return record
 
 
 def _strip_scheme(image: str) -> str:
@@ -90,6 +126,43 @@ def run_check(runtime: Runtime, images: list[str]) -> int:
     if ERROR in statuses:
         return 2
     return 0 if statuses == {EXISTS} else 1
+
+
+def _explicit_identifier(text: str) -> bool:
+    """Whether a reference names a tag or digest itself (parse_reference defaults to latest)."""
+    return "@" in text or ":" in text.rsplit("/", 1)[-1]
+
+
+def run_copy(runtime: Runtime, source_text: str, target_text: str, show_progress: bool) -> int:
+    source = parse_reference(_strip_scheme(source_text))
+    target_text = _strip_scheme(target_text)
+    target = parse_reference(target_text)
+    explicit_tag = target.tag if _explicit_identifier(target_text) and not target.digest else ""
+    progress = Progress()
+    done = threading.Event()
+    reporter = threading.Thread(target=_report_progress, args=(progress, done), daemon=True)
+    if show_progress:
+        reporter.start()
+    try:
+        result = runtime.copier.copy(
+            Repo(source.api_host, source.repository), source.identifier, Repo(target.api_host, target.repository),
+            time.monotonic() + runtime.config.replication_timeout_seconds, progress, tag=explicit_tag)
+    finally:
+        done.set()
+        if show_progress:
+            reporter.join()
+    print(result.digest)
+    return 0
+
+
+def _report_progress(progress: Progress, done: threading.Event) -> None:
+    """Bytes done on stderr: rewritten in place on a terminal, a line every few seconds otherwise."""
+    terminal = sys.stderr.isatty()
+    interval = 0.5 if terminal else 5.0
+    while not done.wait(interval):
+        sys.stderr.write(("\r" if terminal else "") + f"copied {progress.describe()}" + ("" if terminal else "\n"))
+        sys.stderr.flush()
+    sys.stderr.write(("\r" if terminal else "") + f"copied {progress.describe()}\n")
 
 
 def _json(document: object) -> tuple[int, str, bytes]:
@@ -110,7 +183,7 @@ class ListenError(ImgrepError):
 def run_serve(runtime: Runtime) -> int:
     config, logger = runtime.config, runtime.logger
     lifecycle = Lifecycle()
-    webhook = Webhook(config, runtime.checker, runtime.telemetry, logger)
+    webhook = Webhook(config, runtime.checker, runtime.telemetry, logger, replicator=runtime.replicator)
 
     def metrics(_body, _headers):
         return 200, METRICS_CONTENT_TYPE, runtime.telemetry.render()
@@ -152,6 +225,8 @@ def run_serve(runtime: Runtime) -> int:
     server.drain()
     health.drain()
     runtime.checker.close()
+    if runtime.replicator is not None:
+        runtime.replicator.close()
     runtime.transport.close()
     logger.info("stopped")
     return 0
@@ -163,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         runtime = build_runtime(load_config(os.environ))
         if args.command == "check":
             return run_check(runtime, args.images)
+        if args.command == "copy":
+            return run_copy(runtime, args.source, args.target, args.progress)
         return run_serve(runtime)
     except ConfigError as exc:
         print(f"imgrep: configuration error: {exc}", file=sys.stderr)

@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from .admission import WORKLOAD_KINDS, AdmissionRequest
-from .checker import EXISTS, CheckResult
+from .results import EXISTS, REPLICATED, CheckResult
 
 __all__ = ["Decision", "Pass", "triage", "decide", "CHECKED_SUBRESOURCES"]
 
 CHECKED_SUBRESOURCES = frozenset({"", "ephemeralcontainers"})
 CHECKED_OPERATIONS = frozenset({"CREATE", "UPDATE"})
+#: results that admit an image; a reason on one of them becomes a warning
+OK_STATUSES = frozenset({EXISTS, REPLICATED})
 #: Kubernetes truncates long warnings; keep each one readable in kubectl's output
 MAX_WARNING = 250
 
@@ -75,12 +77,14 @@ def decide(
     ``REGISTRY_ERROR_POLICY=allow`` only forgives temporary registry trouble
     (unreachable, 5xx, timeouts), never a missing image or a refused login.
     """
-    failures = [r for r in results if r.status != EXISTS]
+    failures = [r for r in results if r.status not in OK_STATUSES]
+    vouched = tuple(f"imgrep: {_describe(r)}"[:MAX_WARNING] for r in results if r.status in OK_STATUSES and r.reason)
     if not failures:
-        return Decision(True, "ok")
+        return Decision(True, "served_from_target" if vouched else "ok", warnings=vouched)
     forgiven = [r for r in failures if error_policy == "allow" and r.temporary]
     blocking = [r for r in failures if r not in forgiven]
-    warnings = tuple(f"imgrep: {_describe(r)}"[:MAX_WARNING] for r in (failures if mode == "audit" else forgiven))
+    warnings = vouched + tuple(
+        f"imgrep: {_describe(r)}"[:MAX_WARNING] for r in (failures if mode == "audit" else forgiven))
     if not blocking:
         return Decision(True, "registry_error_allowed", warnings=warnings)
     if mode == "audit":

@@ -127,8 +127,7 @@ def error_summary(body: bytes) -> str:
 def redact_url(url: str) -> str:
     """Drop user info and query: pre-signed CDN URLs carry credentials in the query."""
     parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
+    # netloc without user info keeps IPv6 brackets, and a bad port cannot raise here
+    host = parts.netloc.rpartition("@")[2].lower()
     query = "..." if parts.query else ""
     return urlunsplit((parts.scheme, host, parts.path, query, ""))

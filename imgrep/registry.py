@@ -12,8 +12,9 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
+from urllib.parse import urlencode, urljoin
 
-from .auth import Token, TokenCache, basic_header, parse_token_response, token_request
+from .auth import Token, TokenCache, basic_header, parse_token_response, pull_scope, push_scope, token_request
 from .credentials import Credential, CredentialStore
 from .digest import compute, is_digest
 from .errors import (
@@ -26,6 +27,8 @@ from .errors import (
 )
 from .protocol import (
     MANIFEST_ACCEPT,
+    OCI_INDEX,
+    blob_path,
     MAX_ERROR_BODY,
     MAX_MANIFEST_BYTES,
     Challenge,
@@ -124,32 +127,117 @@ class RegistryClient:
                                      repository=repo.repository, digest=expected)
         return Manifest(ManifestInfo(actual, media_type, len(body)), body)
 
+    def blob_exists(self, repo: Repo, digest: str, deadline: float, scopes: tuple[str, ...] | None = None) -> bool:
+        try:
+            self._call(repo, "HEAD", blob_path(repo.repository, digest), deadline, scopes=scopes).close()
+        except ManifestNotFound:
+            return False
+        return True
+
+    def get_blob(self, repo: Repo, digest: str, deadline: float, offset: int = 0) -> Response:
+        """A blob's body, from ``offset`` on (``Range``); redirects to a CDN go without credentials."""
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        response = self._call(repo, "GET", blob_path(repo.repository, digest), deadline, headers=headers,
+                              ok=(206,) if offset else (200,))
+        return response
+
+    def start_upload(self, repo: Repo, deadline: float, *, mount: tuple[str, Repo] | None = None) -> str | None:
+        """Open an upload session and return its URL; None when ``mount=(digest, from)`` mounted the blob."""
+        target = f"/v2/{repo.repository}/blobs/uploads/"
+        scopes = (push_scope(repo.repository),)
+        if mount:
+            digest, source = mount
+            target += "?" + urlencode({"mount": digest, "from": source.repository})
+            scopes += (pull_scope(source.repository),)
+        response = self._call(repo, "POST", target, deadline, scopes=scopes, ok=(201, 202), body=b"")
+        response.read_capped(MAX_ERROR_BODY)
+        if response.status == 201:
+            return None
+        return self._location(repo, response)
+
+    def upload_chunk(self, repo: Repo, location: str, chunk: Iterable[bytes], start: int, length: int,
+                     deadline: float) -> str:
+        """PATCH ``length`` streamed bytes at ``start``; returns the next upload URL."""
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(length)}
+        if length:
+            headers["Content-Range"] = f"{start}-{start + length - 1}"
+        response = self._call(repo, "PATCH", location, deadline, headers=headers, body=chunk,
+                              scopes=(push_scope(repo.repository),), ok=(202,), retry=False)
+        response.read_capped(MAX_ERROR_BODY)
+        return self._location(repo, response)
+
+    def commit_upload(self, repo: Repo, location: str, digest: str, deadline: float, body: bytes = b"") -> None:
+        """Close an upload with its digest: the registry checks the content against it too."""
+        separator = "&" if "?" in location else "?"
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(len(body))}
+        self._call(repo, "PUT", f"{location}{separator}{urlencode({'digest': digest})}", deadline, headers=headers,
+                   body=body, scopes=(push_scope(repo.repository),), ok=(201, 204)).read_capped(MAX_ERROR_BODY)
+
+    def cancel_upload(self, repo: Repo, location: str, deadline: float) -> None:
+        """Best effort: a registry also expires abandoned uploads on its own."""
+        try:
+            self._call(repo, "DELETE", location, deadline, scopes=(push_scope(repo.repository),),
+                       ok=(204, 200, 404), retry=False).read_capped(MAX_ERROR_BODY)
+        except RegistryError:
+            pass
+
+    def put_manifest(self, repo: Repo, reference: str, body: bytes, media_type: str, deadline: float) -> str:
+        response = self._call(repo, "PUT", manifest_path(repo.repository, reference), deadline,
+                              headers={"Content-Type": media_type}, body=body,
+                              scopes=(push_scope(repo.repository),), ok=(201, 200))
+        response.read_capped(MAX_ERROR_BODY)
+        return response.header("Docker-Content-Digest") or compute(body)
+
+    def referrers(self, repo: Repo, digest: str, deadline: float) -> bytes | None:
+        """The OCI 1.1 referrers index of ``digest``, or None where the API is absent."""
+        try:
+            with self._call(repo, "GET", f"/v2/{repo.repository}/referrers/{digest}", deadline,
+                            headers={"Accept": OCI_INDEX}) as response:
+                return response.read_capped(MAX_MANIFEST_BYTES)
+        except (ManifestNotFound, RegistryProtocolError):
+            return None
+
+    def _location(self, repo: Repo, response: Response) -> str:
+        location = response.header("Location")
+        if not location:
+            raise RegistryProtocolError(repo.registry, "upload answer has no Location", repository=repo.repository)
+        return urljoin(self.transport.base_url(repo.registry) + "/", location)
+
     # -- the request loop ---------------------------------------------------
 
     def _call(
         self,
         repo: Repo,
         method: str,
-        path: str,
+        target: str,
         deadline: float,
         *,
         headers: Mapping[str, str] | None = None,
-        body: bytes | None = None,
+        body: bytes | Iterable[bytes] | None = None,
         scopes: tuple[str, ...] | None = None,
         ok: Iterable[int] = (200,),
+        retry: bool = True,
     ) -> Response:
         """One authenticated request with retries for 429/5xx/network faults within ``deadline``.
 
+        ``target`` is a path on the registry or an absolute URL (an upload Location);
+        credentials go only to the registry's own origin. A streamed body cannot be
+        replayed, so such requests pass ``retry=False`` and the caller retries the whole.
         Maps the final status to the typed errors admission speaks of.
         """
-        scopes = scopes or (f"repository:{repo.repository}:pull",)
-        url = self.transport.base_url(repo.registry) + path
+        scopes = scopes or (pull_scope(repo.repository),)
+        base = self.transport.base_url(repo.registry)
+        url = target if target.startswith(("http://", "https://")) else base + target
+        own = url == base or url.startswith(base + "/")
         attempt = 0
         while True:
             attempt += 1
             retry_after = None
             try:
-                response = self._authorized(repo, scopes, method, url, dict(headers or {}), body, deadline)
+                if own:
+                    response = self._authorized(repo, scopes, method, url, dict(headers or {}), body, deadline)
+                else:
+                    response = self._send(method, url, dict(headers or {}), body, deadline)
             except RegistryUnavailable as exc:
                 failure: RegistryError = exc
             else:
@@ -160,7 +248,7 @@ class RegistryClient:
                     retry_after = parse_retry_after(response.header("Retry-After"), self.wall_clock())
                 if response.status not in RETRYABLE_STATUS:
                     raise failure
-            wait = self.retry.delay(attempt, retry_after, random.random())
+            wait = self.retry.delay(attempt, retry_after, random.random()) if retry else None
             if wait is None or not self.retry.fits(wait, self.clock(), deadline):
                 raise failure
             self.sleep(wait)
@@ -189,7 +277,8 @@ class RegistryClient:
             if authorization:
                 headers["Authorization"] = authorization
         response = self._send(method, url, headers, body, deadline)
-        if response.status != 401 or fresh:
+        replayable = body is None or isinstance(body, bytes)
+        if response.status != 401 or fresh or not replayable:
             return response
         header = response.header("WWW-Authenticate")
         response.read_capped(MAX_ERROR_BODY)

@@ -10,11 +10,13 @@ import time
 from typing import Callable
 
 from .admission import WORKLOAD_KINDS, AdmissionRequest, decode_review, encode_response
-from .checker import CheckResult, ImageChecker
+from .checker import ImageChecker
+from .results import CheckResult
 from .config import Config
 from .errors import BadAdmissionReview
 from .logs import Logger
 from .policy import Decision, decide, triage
+from .replicator import Replicator
 from .telemetry import Telemetry
 
 __all__ = ["Webhook", "JSON"]
@@ -36,9 +38,11 @@ class Webhook:
         telemetry: Telemetry,
         logger: Logger,
         clock: Callable[[], float] = time.monotonic,
+        replicator: Replicator | None = None,
     ):
         self.config = config
         self.checker = checker
+        self.replicator = replicator
         self.telemetry = telemetry
         self.logger = logger
         self.clock = clock
@@ -68,6 +72,8 @@ class Webhook:
             return Decision(True, passed.reason)
         results = self.checker.check_all(list(request.new_images), deadline)
         self._count_checks(results)
+        if self.replicator is not None and not request.dry_run:  # sideEffects: NoneOnDryRun
+            results = self.replicator.replicate_all(results, deadline)
         return decide(request, results, mode=self.config.mode, error_policy=self.config.registry_error_policy)
 
     def _count_checks(self, results: list[CheckResult]) -> None:

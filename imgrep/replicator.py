@@ -1,0 +1,189 @@
+"""Replication for admission: one copy per image at a time, inside or beyond the budget.
+
+Concurrent admissions of one image share one copy job. A job that outlives its
+admission request goes on in the background (bounded by ``REGISTRY_TIMEOUT``) and
+the request is denied with ``replicating, retry shortly``; controllers retry and the
+next request after the copy finishes is allowed. A failed copy is reported with its
+reason and retried only after a backoff that grows with each failure.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, replace
+from typing import Callable
+
+from .cache import TTLCache
+from .results import ERROR, EXISTS, REPLICATED, CheckResult
+from .config import TargetRegistry
+from .copier import Copier, CopyResult, Progress
+from .errors import ImgrepError
+from .reference import Reference
+from .registry import RegistryClient, Repo
+
+__all__ = ["Replicator", "target_repository", "failure_backoff"]
+
+#: copy jobs (whole images) at once; their blobs share the copy pool
+MAX_JOBS = 8
+#: replicated (target, digest) pairs remembered, so warm admissions ask no registry
+MAX_REMEMBERED = 10000
+
+
+def target_repository(source: Reference, target: TargetRegistry, include_registry: bool) -> str:
+    """``prefix/<repository>``, or ``prefix/<source-host>/<repository>`` (SPEC ``TARGET_INCLUDE_REGISTRY``)."""
+    parts = [target.prefix] if target.prefix else []
+    if include_registry:
+        host = re.sub(r"[^a-z0-9.-]+", "_", source.registry.lower()).strip("._-")
+        parts.append(host)
+    parts.append(source.repository)
+    return "/".join(parts)
+
+
+def failure_backoff(failures: int) -> float:
+    """Seconds before a failed copy is tried again: 5, 10, 20, ... capped at 5 minutes."""
+    return min(300.0, 5.0 * 2 ** (failures - 1))
+
+
+@dataclass(frozen=True)
+class _Failure:
+    reason: str
+    count: int
+    retry_at: float
+
+
+@dataclass
+class _Job:
+    future: Future
+    progress: Progress
+
+
+class Replicator:
+    def __init__(
+        self,
+        copier: Copier,
+        client: RegistryClient,
+        target: TargetRegistry,
+        *,
+        include_registry: bool,
+        timeout: float,
+        clock: Callable[[], float] = time.monotonic,
+        on_done: Callable[[Reference, CopyResult | None, float, str], None] = lambda *args: None,
+    ):
+        self.copier = copier
+        self.client = client
+        self.target = target
+        self.include_registry = include_registry
+        self.timeout = timeout
+        self.clock = clock
+        self.on_done = on_done
+        self._jobs: dict[str, _Job] = {}
+        self._failures: dict[str, _Failure] = {}
+        self._replicated: TTLCache[str] = TTLCache(MAX_REMEMBERED)
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(MAX_JOBS, thread_name_prefix="imgrep-replicate")
+
+    def target_repo(self, reference: Reference) -> Repo:
+        return Repo(self.target.host, target_repository(reference, self.target, self.include_registry))
+
+    def replicate_all(self, results: list[CheckResult], deadline: float) -> list[CheckResult]:
+        """Each existing image copied (or found) in the target; others pass through unchanged.
+
+        Source errors are turned into allowance with a warning when the target holds the
+        tag (SPEC: "source unreachable but the target already holds the tag").
+        """
+        slots = [self._start(result, deadline) for result in results]
+        pending = [slot[1] for slot in slots if slot[1] is not None]
+        if pending:
+            wait(pending, timeout=max(0.0, deadline - self.clock()))
+        return [self._settle(result, future) for result, future in slots]
+
+    def _start(self, result: CheckResult, deadline: float) -> tuple[CheckResult, Future | None]:
+        ref = result.reference
+        if ref is None:
+            return result, None
+        if result.status == ERROR and result.temporary:
+            return result, self._pool.submit(self._target_holds, result, deadline)
+        if result.status != EXISTS:
+            return result, None
+        key = f"{self.target_repo(ref)}@{result.digest}"
+        if self._replicated.get(key, self.clock()) is not None:
+            return replace(result, status=REPLICATED), None
+        return result, self._job(ref, result.digest or "", key)
+
+    def _job(self, ref: Reference, digest: str, key: str) -> Future:
+        now = self.clock()
+        with self._lock:
+            job = self._jobs.get(key)
+            if job is not None:
+                return job.future
+            failure = self._failures.get(key)
+            if failure and now < failure.retry_at:
+                done: Future = Future()
+                done.set_exception(_Failed(failure.reason))
+                return done
+            progress = Progress()
+            future = self._pool.submit(self._run, ref, digest, key, progress)
+            self._jobs[key] = _Job(future, progress)
+            return future
+
+    def _run(self, ref: Reference, digest: str, key: str, progress: Progress) -> CopyResult:
+        started = self.clock()
+        # copy the digest the admission check saw and tag it, so the tag in the
+        # target names exactly what was admitted even if the source tag moves meanwhile
+        try:
+            result = self.copier.copy(Repo(ref.api_host, ref.repository), ref.identifier, self.target_repo(ref),
+                                      started + self.timeout, progress, digest=digest)
+        except ImgrepError as exc:
+            with self._lock:
+                previous = self._failures.get(key)
+                count = previous.count + 1 if previous else 1
+                self._failures[key] = _Failure(str(exc), count, self.clock() + failure_backoff(count))
+                self._jobs.pop(key, None)
+            self.on_done(ref, None, self.clock() - started, str(exc))
+            raise
+        with self._lock:
+            self._failures.pop(key, None)
+            self._jobs.pop(key, None)
+        self._replicated.put(f"{self.target_repo(ref)}@{result.digest}", REPLICATED, float("inf"), self.clock())
+        self.on_done(ref, result, self.clock() - started, "")
+        return result
+
+    def _target_holds(self, result: CheckResult, deadline: float) -> bool:
+        ref = result.reference
+        try:
+            self.client.resolve(self.target_repo(ref), ref.identifier, deadline)
+        except ImgrepError:
+            return False
+        return True
+
+    def _settle(self, result: CheckResult, future: Future | None) -> CheckResult:
+        if future is None:
+            return result
+        if result.status == ERROR:  # a source error; did the target vouch?
+            if future.done() and future.exception() is None and future.result():
+                return replace(result, status=REPLICATED, reason="registry unreachable, served from target",
+                               detail=f"{result.detail}; the target registry holds the image")
+            return result
+        if not future.done():
+            key = f"{self.target_repo(result.reference)}@{result.digest}"
+            with self._lock:
+                job = self._jobs.get(key)
+            progress = f" ({job.progress.describe()})" if job else ""
+            # not temporary for REGISTRY_ERROR_POLICY: nodes cannot pull what is not there yet
+            return replace(result, status=ERROR, reason="replicating, retry shortly", detail=progress.strip(" ()"),
+                           temporary=False)
+        error = future.exception()
+        if error is not None:
+            return replace(result, status=ERROR, reason="replication failed", detail=str(error)[:300],
+                           temporary=False)
+        return replace(result, status=REPLICATED, digest=future.result().digest)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _Failed(ImgrepError):
+    """A recent copy failure, reported again until its backoff ends."""
