@@ -118,13 +118,14 @@ class Copier:
         if self._target_has(target, tag or digest, digest, deadline):
             return CopyResult(digest, False, BlobStats())
         manifests, blobs = self._collect(source, self.client.get_manifest(source, digest, deadline), deadline)
+        attached = self._referrers(source, digest, deadline) if referrers else []
         for blob in blobs:
             progress.plan(blob.size)
         stats = self._copy_blobs(source, target, blobs, deadline, progress)
         for manifest in manifests:  # children first; every blob is in place
             self.client.put_manifest(target, manifest.info.digest, manifest.body, manifest.info.media_type, deadline)
-        if referrers:
-            self._copy_referrers(source, target, digest, deadline, progress, stats)
+        for identifier in attached:
+            self._add(stats, self.copy(source, identifier, target, deadline, progress, referrers=False).stats)
         if tag:
             top = manifests[-1]
             self.client.put_manifest(target, tag, top.body, top.info.media_type, deadline)
@@ -157,26 +158,26 @@ class Copier:
         visit(top, 0)
         return manifests, list(blobs.values())
 
-    def _copy_referrers(self, source: Repo, target: Repo, digest: str, deadline: float,
-                        progress: Progress, stats: BlobStats) -> None:
-        """Signatures, attestations and SBOMs: OCI 1.1 referrers, else cosign's tag scheme."""
+    def _referrers(self, source: Repo, digest: str, deadline: float) -> list[str]:
+        """Signatures, attestations and SBOMs of ``digest``: OCI 1.1 referrers, else cosign's tag scheme."""
         found: list[str] = []
         index = self.client.referrers(source, digest, deadline)
         if index is not None:
-            parsed = parse_manifest(index, "", source.registry)
-            found.extend(d.digest for d in parsed.manifests)
+            found.extend(d.digest for d in parse_manifest(index, "", source.registry).manifests)
         for tag in signature_tags(digest):
             try:
                 self.client.resolve(source, tag, deadline)
             except ManifestNotFound:
                 continue
             found.append(tag)
-        for identifier in found:
-            result = self.copy(source, identifier, target, deadline, progress, referrers=False)
-            stats.copied += result.stats.copied
-            stats.exists += result.stats.exists
-            stats.mounted += result.stats.mounted
-            stats.bytes += result.stats.bytes
+        return found
+
+    @staticmethod
+    def _add(total: BlobStats, more: BlobStats) -> None:
+        total.copied += more.copied
+        total.exists += more.exists
+        total.mounted += more.mounted
+        total.bytes += more.bytes
 
     # -- blobs --------------------------------------------------------------
 

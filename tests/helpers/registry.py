@@ -165,6 +165,13 @@ class RegistryServer:
         if not self._launch(require_binary("docker-registry")):
             raise RuntimeError(f"port {self.port} was taken while the registry restarted")
 
+    def kill(self) -> None:
+        """SIGKILL the process mid-whatever, keeping storage and port; restart() brings it back."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait(timeout=STOP_TIMEOUT_SECONDS)
+            self._process = None
+
     def stop(self) -> None:
         self._terminate()
         if self.directory is not None:
