@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Installs or upgrades imgrep with a self-managed certificate: certificates
+# (made once, renewed when they near expiry), the TLS Secret, the webhook's
+# caBundle and deploy/ are applied in one kustomize build. Safe to run again.
+set -euo pipefail
+
+case ${BASH_SOURCE[0]} in */*) script_dir=${BASH_SOURCE[0]%/*} ;; *) script_dir=. ;; esac
+# shellcheck source-path=SCRIPTDIR source=common.sh
+. "$script_dir/common.sh"
+
+usage="usage: deploy.sh [--dry-run] [--cert-dir DIR] [--image IMAGE] [-h|--help]
+
+  --dry-run        print the manifests that would be applied (TLS Secret included) and
+                   touch no cluster; certificates are still made in the cert directory
+  --cert-dir DIR   certificates to use, made there when absent (env CERT_DIR, default ./certs)
+  --image IMAGE    the imgrep image to run (env IMAGE, default: the one in deploy/base)"
+
+dry_run=false
+cert_dir=${CERT_DIR:-./certs}
+image=${IMAGE:-}
+
+while (($#)); do
+    case $1 in
+    -h | --help)
+        printf '%s\n' "$usage"
+        exit 0
+        ;;
+    --dry-run)
+        dry_run=true
+        shift
+        ;;
+    --cert-dir)
+        (($# >= 2)) || die "$1 needs a value"$'\n'"$usage"
+        cert_dir=$2
+        shift 2
+        ;;
+    --image)
+        (($# >= 2)) || die "$1 needs a value"$'\n'"$usage"
+        image=$2
+        shift 2
+        ;;
+    *)
+        printf 'error: unknown argument: %s\n%s\n' "$1" "$usage" >&2
+        exit 2
+        ;;
+    esac
+done
+
+require kubectl openssl
+[[ -z $image ]] || validate_image "$image"
+$dry_run || require_cluster
+
+# A serving certificate that expires within 30 days is renewed from the same CA.
+renew_within=$((30 * 24 * 3600))
+if [[ -s $cert_dir/ca.crt && -s $cert_dir/tls.crt && -s $cert_dir/tls.key ]] &&
+    openssl x509 -checkend "$renew_within" -noout -in "$cert_dir/tls.crt" >/dev/null; then
+    log "using the certificates in $cert_dir"
+else
+    "$script_dir/generate-certs.sh" --out "$cert_dir" >/dev/null
+fi
+ca_bundle=$(openssl base64 -A -in "$cert_dir/ca.crt")
+
+work=$(mktemp -d)
+trap 'rm -rf -- "$work"' EXIT
+overlay=$work/full
+mkdir "$overlay"
+kubectl create secret tls "$APP-tls" --namespace "$NAMESPACE" \
+    --cert "$cert_dir/tls.crt" --key "$cert_dir/tls.key" \
+    --dry-run=client -o yaml >"$overlay/tls-secret.yaml"
+write_overlay "$overlay" "$script_dir/../deploy" "$image" tls-secret.yaml
+cat >>"$overlay/kustomization.yaml" <<YAML
+  - target: {kind: ValidatingWebhookConfiguration, name: $APP}
+    patch: |-
+      - {op: add, path: /webhooks/0/clientConfig/caBundle, value: $ca_bundle}
+YAML
+
+if $dry_run; then
+    kubectl kustomize "$overlay"
+    exit 0
+fi
+
+workload=$(write_workload_overlay "$overlay")
+kubectl apply -k "$workload"
+wait_for_rollout
+kubectl apply -k "$overlay"
+log "imgrep is installed and its webhook registered: kubectl -n $NAMESPACE get pods"

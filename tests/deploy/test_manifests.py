@@ -1,0 +1,297 @@
+"""The manifests `kubectl apply -k deploy` and `kubectl apply -k deploy/cert-manager`
+would apply, checked against SPEC and against what the server really does."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from tests.deploy.kube import REPO, find, kustomize, offline_env, yaml_to_objects
+from tests.helpers.binaries import require_binary
+
+NAMESPACE = "image-replicator"
+APP = "image-replicator"
+# SPEC "Environment": EXCLUDED_NAMESPACES default, also excluded by the webhook.
+SPEC_EXCLUDED = {"kube-system", "kube-public", "kube-node-lease", "image-replicator"}
+SERVICE_NAMES = [
+    "image-replicator",
+    "image-replicator.image-replicator",
+    "image-replicator.image-replicator.svc",
+    "image-replicator.image-replicator.svc.cluster.local",
+]
+# SPEC "Environment", plus the operational knobs the server reads beyond it.
+KNOWN_SETTINGS = {
+    "PORT", "HEALTH_PORT", "TLS_CERT_PATH", "TLS_KEY_PATH", "SKIP_TLS", "TARGET_REGISTRY",
+    "TARGET_INCLUDE_REGISTRY", "MODE", "ADMISSION_BUDGET_SECONDS", "REGISTRY_TIMEOUT",
+    "REGISTRY_ERROR_POLICY", "CACHE_TTL_SECONDS", "EXCLUDED_NAMESPACES", "INSECURE_REGISTRIES",
+    "REGISTRY_CA_FILE", "DOCKER_CONFIG_JSON", "DOCKER_CONFIG_PATH", "REQUIRE_CREDENTIALS",
+    "ALLOWED_REGISTRIES", "INVENTORY_MAX", "INVENTORY_FILE", "DEBUG", "LOG_FORMAT",
+    "SHUTDOWN_DELAY_SECONDS", "MAX_CONNECTIONS", "COPY_CONCURRENCY",
+}
+
+
+@pytest.fixture(scope="module")
+def kubectl() -> str:
+    return require_binary("kubectl")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict[str, str]:
+    return offline_env(tmp_path_factory.mktemp("kube"))
+
+
+@pytest.fixture(scope="module")
+def plain(kubectl, env) -> list[dict]:
+    return kustomize(kubectl, REPO / "deploy", env)
+
+
+@pytest.fixture(scope="module")
+def with_cert_manager(kubectl, env) -> list[dict]:
+    return kustomize(kubectl, REPO / "deploy" / "cert-manager", env)
+
+
+@pytest.fixture(params=["plain", "with_cert_manager"])
+def built(request) -> list[dict]:
+    """Checks that hold for both ways of installing."""
+    return request.getfixturevalue(request.param)
+
+
+def container(objects: list[dict]) -> dict:
+    (only,) = find(objects, "Deployment", APP)["spec"]["template"]["spec"]["containers"]
+    return only
+
+
+def env_values(objects: list[dict]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container(objects)["env"]}
+
+
+def port_named(objects: list[dict], name: str) -> int:
+    (port,) = [p["containerPort"] for p in container(objects)["ports"] if p["name"] == name]
+    return port
+
+
+def webhook(objects: list[dict]) -> dict:
+    (only,) = find(objects, "ValidatingWebhookConfiguration", APP)["webhooks"]
+    return only
+
+
+def test_every_namespaced_object_is_in_the_imgrep_namespace(built):
+    cluster_scoped = {"Namespace", "ValidatingWebhookConfiguration"}
+    assert find(built, "Namespace", NAMESPACE)
+    for obj in built:
+        if obj["kind"] not in cluster_scoped:
+            assert obj["metadata"].get("namespace") == NAMESPACE, obj["metadata"]["name"]
+
+
+def test_no_secret_is_applied_so_upgrades_never_overwrite_credentials_or_certificates(built):
+    assert [o["metadata"]["name"] for o in built if o["kind"] == "Secret"] == []
+
+
+def test_deployment_runs_two_spread_replicas_under_a_disruption_budget(built):
+    deployment = find(built, "Deployment", APP)
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["selector"]["matchLabels"] == {"app": APP} and labels["app"] == APP
+    spread = deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert {c["topologyKey"] for c in spread} >= {"kubernetes.io/hostname"}
+    assert all(c["labelSelector"]["matchLabels"] == {"app": APP} for c in spread)
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    pdb = find(built, "PodDisruptionBudget", APP)
+    assert pdb["apiVersion"] == "policy/v1"
+    assert pdb["spec"]["selector"]["matchLabels"] == {"app": APP}
+    assert pdb["spec"]["minAvailable"] == 1
+
+
+def test_pod_is_locked_down(built):
+    pod = find(built, "Deployment", APP)["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    assert find(built, "ServiceAccount", pod["serviceAccountName"])["automountServiceAccountToken"] is False
+    context = container(built)["securityContext"]
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"] == {"drop": ["ALL"]}
+    assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+    resources = container(built)["resources"]
+    assert set(resources["requests"]) == {"cpu", "memory"}
+    assert set(resources["limits"]) == {"cpu", "memory"}
+
+
+def test_container_serves_the_webhook_and_health_ports_it_is_configured_for(built):
+    settings = env_values(built)
+    assert container(built)["args"] == ["serve"]
+    assert port_named(built, "webhook") == int(settings["PORT"]) == 8443
+    assert port_named(built, "health") == int(settings["HEALTH_PORT"]) == 8080
+    assert set(settings) <= KNOWN_SETTINGS
+    assert set(settings["EXCLUDED_NAMESPACES"].split(",")) == SPEC_EXCLUDED
+
+
+def test_probes_use_healthz_and_readyz_on_the_health_port(built):
+    live = container(built)["livenessProbe"]["httpGet"]
+    ready = container(built)["readinessProbe"]["httpGet"]
+    assert (live["path"], live["port"]) == ("/healthz", "health")
+    assert (ready["path"], ready["port"]) == ("/readyz", "health")
+
+
+def test_tls_secret_is_mounted_where_the_server_reads_it(built):
+    pod = find(built, "Deployment", APP)["spec"]["template"]["spec"]
+    settings = env_values(built)
+    (mount,) = [m for m in container(built)["volumeMounts"] if m["mountPath"] == "/certs"]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == f"{APP}-tls"
+    assert (settings["TLS_CERT_PATH"], settings["TLS_KEY_PATH"]) == ("/certs/tls.crt", "/certs/tls.key")
+
+
+def test_credentials_come_from_an_optional_secret(built):
+    (source,) = container(built)["envFrom"]
+    assert source["secretRef"] == {"name": "registry-credentials", "optional": True}
+
+
+def test_only_the_inventory_directory_is_writable(built):
+    pod = find(built, "Deployment", APP)["spec"]["template"]["spec"]
+    writable = [m for m in container(built)["volumeMounts"] if not m.get("readOnly")]
+    assert [m["mountPath"] for m in writable] == ["/var/lib/imgrep"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == writable[0]["name"]]
+    assert "emptyDir" in volume
+
+
+def test_service_sends_443_to_the_webhook_port(built):
+    service = find(built, "Service", APP)
+    assert service["spec"]["selector"] == {"app": APP}
+    (https,) = [p for p in service["spec"]["ports"] if p["port"] == 443]
+    assert port_named(built, https["targetPort"]) == 8443
+
+
+def test_webhook_rules_cover_every_kind_spec_lists(built):
+    hook = webhook(built)
+    covered = set()
+    for rule in hook["rules"]:
+        assert rule["operations"] == ["CREATE", "UPDATE"]
+        assert rule["apiVersions"] == ["v1"]
+        covered |= {(group, resource) for group in rule["apiGroups"] for resource in rule["resources"]}
+    assert covered == {
+        ("", "pods"), ("", "pods/ephemeralcontainers"), ("", "replicationcontrollers"), ("", "podtemplates"),
+        ("apps", "deployments"), ("apps", "statefulsets"), ("apps", "daemonsets"), ("apps", "replicasets"),
+        ("batch", "jobs"), ("batch", "cronjobs"),
+    }
+
+
+def test_webhook_calls_the_service_within_the_admission_budget(built):
+    hook = webhook(built)
+    settings = env_values(built)
+    pod = find(built, "Deployment", APP)["spec"]["template"]["spec"]
+    assert hook["name"] == "image-replicator.image-replicator.svc"
+    assert hook["clientConfig"]["service"] == {"name": APP, "namespace": NAMESPACE, "path": "/validate", "port": 443}
+    assert hook["admissionReviewVersions"] == ["v1", "v1beta1"]
+    assert hook["sideEffects"] == "NoneOnDryRun"
+    assert hook["matchPolicy"] == "Equivalent"
+    assert hook["timeoutSeconds"] == 10
+    assert float(settings["ADMISSION_BUDGET_SECONDS"]) < hook["timeoutSeconds"]
+    # Shutdown: the readiness delay plus one request at its longest fits in the grace period.
+    assert pod["terminationGracePeriodSeconds"] > float(settings["SHUTDOWN_DELAY_SECONDS"]) + hook["timeoutSeconds"]
+    assert hook["failurePolicy"] in {"Fail", "Ignore"}
+
+
+def test_webhook_skips_the_spec_namespaces_and_the_skip_label(built):
+    hook = webhook(built)
+    (namespaces,) = hook["namespaceSelector"]["matchExpressions"]
+    assert (namespaces["key"], namespaces["operator"]) == ("kubernetes.io/metadata.name", "NotIn")
+    assert set(namespaces["values"]) == SPEC_EXCLUDED
+    assert hook["objectSelector"]["matchExpressions"] == [
+        {"key": "image-replicator.io/skip", "operator": "NotIn", "values": ["true"]}
+    ]
+
+
+def test_failure_policy_trade_off_is_explained_next_to_it():
+    text = (REPO / "deploy" / "base" / "webhook-config.yaml").read_text()
+    comment = text[: text.index("failurePolicy:")].rsplit("timeoutSeconds", 1)[1]
+    assert "Fail" in comment and "Ignore" in comment and "air-gapped" in comment
+
+
+def test_plain_install_leaves_the_ca_bundle_to_deploy_script(plain):
+    hook_config = find(plain, "ValidatingWebhookConfiguration", APP)
+    assert "caBundle" not in webhook(plain)["clientConfig"]
+    assert "annotations" not in hook_config["metadata"]
+    assert not [o for o in plain if o["apiVersion"].startswith("cert-manager.io/")]
+
+
+def test_cert_manager_install_adds_only_issuers_and_certificates(plain, with_cert_manager):
+    def key(o):
+        return o["kind"], o["metadata"]["name"]
+
+    extra = {key(o) for o in with_cert_manager} - {key(o) for o in plain}
+    assert extra == {
+        ("Issuer", "image-replicator-selfsigned"), ("Certificate", "image-replicator-ca"),
+        ("Issuer", "image-replicator-ca-issuer"), ("Certificate", "image-replicator-cert"),
+    }
+    assert find(with_cert_manager, "Deployment", APP) == find(plain, "Deployment", APP)
+
+
+def test_cert_manager_chain_issues_the_mounted_serving_certificate(with_cert_manager):
+    objects = with_cert_manager
+    assert "selfSigned" in find(objects, "Issuer", "image-replicator-selfsigned")["spec"]
+    ca = find(objects, "Certificate", "image-replicator-ca")["spec"]
+    assert ca["isCA"] is True
+    assert ca["issuerRef"] == {"kind": "Issuer", "name": "image-replicator-selfsigned"}
+    ca_issuer = find(objects, "Issuer", "image-replicator-ca-issuer")["spec"]
+    assert ca_issuer["ca"]["secretName"] == ca["secretName"]
+    serving = find(objects, "Certificate", "image-replicator-cert")["spec"]
+    assert serving["issuerRef"] == {"kind": "Issuer", "name": "image-replicator-ca-issuer"}
+    assert serving["dnsNames"] == SERVICE_NAMES
+    assert "server auth" in serving["usages"]
+    pod = find(objects, "Deployment", APP)["spec"]["template"]["spec"]
+    assert serving["secretName"] in {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+
+
+def test_cert_manager_injects_the_ca_of_the_serving_certificate(with_cert_manager):
+    metadata = find(with_cert_manager, "ValidatingWebhookConfiguration", APP)["metadata"]
+    namespace, name = metadata["annotations"]["cert-manager.io/inject-ca-from"].split("/")
+    assert find(with_cert_manager, "Certificate", name)["metadata"]["namespace"] == namespace
+    assert name == "image-replicator-cert"
+
+
+def test_example_credentials_secret_shows_both_formats(kubectl, env):
+    path = REPO / "deploy" / "secret-credentials.yaml"
+    text = path.read_text()
+    (secret,) = yaml_to_objects(kubectl, text, env)
+    assert (secret["kind"], secret["metadata"]["name"]) == ("Secret", "registry-credentials")
+    assert secret["metadata"]["namespace"] == NAMESPACE
+    data = secret["stringData"]
+    auths = json.loads(data["DOCKER_CONFIG_JSON"])["auths"]
+    assert auths and all({"username", "password"} <= set(entry) for entry in auths.values())
+    names = {m.group(1) for key in data if (m := re.fullmatch(r"REGISTRY_(\w+)_URL", key))}
+    assert names and all({f"REGISTRY_{n}_USERNAME", f"REGISTRY_{n}_PASSWORD"} <= set(data) for n in names)
+    assert set(data) <= KNOWN_SETTINGS | {k for k in data if k.startswith("REGISTRY_")}
+    # The dockerconfigjson alternative is commented out: its Secret is named where it is mounted.
+    assert "type: kubernetes.io/dockerconfigjson" in text and "name: registry-dockerconfig" in text
+    assert "DOCKER_CONFIG_PATH: /etc/imgrep/docker/.dockerconfigjson" in text
+
+
+def test_dockerconfigjson_secret_is_mounted_where_the_example_points(plain):
+    pod = find(plain, "Deployment", APP)["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == "registry-dockerconfig"]
+    assert volume["secret"]["optional"] is True
+    (mount,) = [m for m in container(plain)["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount["mountPath"] == "/etc/imgrep/docker"
+
+
+def test_dockerfile_builds_with_the_runtime_python_and_runs_the_zipapp_as_non_root(plain):
+    lines = [line.split() for line in (REPO / "Dockerfile").read_text().splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
+    stages = [words[1] for words in lines if words[0] == "FROM"]
+    # distroless python3-debian12 carries Debian bookworm's Python 3.11.
+    assert stages == ["python:3.11-slim-bookworm", "gcr.io/distroless/python3-debian12:nonroot"]
+    final = lines[[w[0] for w in lines].index("FROM", 1):]
+    instructions = {words[0]: " ".join(words[1:]) for words in final}
+    assert instructions["COPY"] == "--from=build /src/dist/imgrep.pyz /app/imgrep.pyz"
+    assert json.loads(instructions["ENTRYPOINT"]) == ["python3", "/app/imgrep.pyz"]
+    assert json.loads(instructions["CMD"]) == ["serve"]
+    # Numeric, so the kubelet can check runAsNonRoot, and the user the pod asks for.
+    user = instructions["USER"].split(":")[0]
+    pod = find(plain, "Deployment", APP)["spec"]["template"]["spec"]
+    assert user.isdigit() and int(user) == pod["securityContext"]["runAsUser"] != 0
