@@ -1,0 +1,201 @@
+"""Replication wired into admission, against real registries (source token auth, target basic auth)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from imgrep.cli import build_runtime
+from imgrep.config import load_config
+from imgrep.logs import Logger
+from imgrep.webhook import Webhook
+from tests.helpers.faultproxy import Fault, FaultProxy
+from tests.helpers.images import make_image, push_image
+from tests.helpers.registry import RegistryServer
+from tests.helpers.skopeo import inspect_raw
+
+
+def unique(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def review(*images: str, dry_run: bool = False, namespace: str = "default") -> bytes:
+    return json.dumps({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": uuid.uuid4().hex, "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": namespace, "operation": "CREATE", "dryRun": dry_run,
+            "object": {"metadata": {"name": "p"},
+                       "spec": {"containers": [{"name": f"c{i}", "image": image} for i, image in enumerate(images)]}},
+        },
+    }).encode()
+
+
+class Admission:
+    """A webhook with replication, built the way ``serve`` builds it."""
+
+    def __init__(self, source_host: str, source_creds, target, **settings: str):
+        environ = {
+            "TARGET_REGISTRY": f"{target.host}/mirror",
+            "INSECURE_REGISTRIES": f"{source_host},{target.host}",
+            "REGISTRY_DST_URL": target.host,
+            "REGISTRY_DST_USERNAME": target.credentials[0],
+            "REGISTRY_DST_PASSWORD": target.credentials[1],
+            **settings,
+        }
+        if source_creds:
+            environ.update({"REGISTRY_SRC_URL": source_host, "REGISTRY_SRC_USERNAME": source_creds[0],
+                            "REGISTRY_SRC_PASSWORD": source_creds[1]})
+        self.source_host = source_host
+        self.log = io.StringIO()
+        self.runtime = build_runtime(load_config(environ))
+        self.webhook = Webhook(self.runtime.config, self.runtime.checker, self.runtime.telemetry,
+                               Logger("json", stream=self.log), replicator=self.runtime.replicator)
+
+    def admit(self, *images: str, **options) -> dict:
+        status, body = self.webhook.handle(review(*images, **options), "application/json")
+        assert status == 200
+        return json.loads(body)["response"]
+
+    def replications(self, result: str) -> float:
+        return self.runtime.telemetry.replications.value(
+            source_registry=self.source_host, target_registry=self.runtime.config.target.host, result=result)
+
+    def close(self) -> None:
+        self.runtime.checker.close()
+        self.runtime.replicator.close()
+        self.runtime.transport.close()
+
+
+@pytest.fixture()
+def admission(registry_token, registry_basic):
+    admission = Admission(registry_token.host, registry_token.credentials, registry_basic)
+    yield admission
+    admission.close()
+
+
+def target_digest(target, repo: str, tag: str) -> str:
+    raw = inspect_raw(f"docker://{target.host}/mirror/{repo}:{tag}", creds=target.credentials)
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def test_admitted_image_is_in_the_target_with_the_same_digest(admission, registry_token, registry_basic):
+    repo = unique("app")
+    digest = push_image(registry_token, repo, "v1", make_image(layers=2, seed=repo))
+
+    response = admission.admit(f"{registry_token.host}/{repo}:v1")
+
+    assert response["allowed"] is True, response
+    assert target_digest(registry_basic, repo, "v1") == digest
+    assert admission.replications("copied") == 1
+
+
+def test_ten_concurrent_admissions_of_one_new_image_copy_it_once(admission, registry_token, registry_basic):
+    repo = unique("herd")
+    push_image(registry_token, repo, "v1", make_image(layers=3, layer_size=2_000_000, seed=repo))
+    mark = registry_basic.mark()
+
+    with ThreadPoolExecutor(10) as pool:
+        responses = list(pool.map(lambda _: admission.admit(f"{registry_token.host}/{repo}:v1"), range(10)))
+
+    assert all(r["allowed"] for r in responses), responses
+    tag_pushes = [r for r in registry_basic.requests_since(mark)
+                  if r.method == "PUT" and r.path == f"/v2/mirror/{repo}/manifests/v1"]
+    assert len(tag_pushes) == 1
+    assert admission.replications("copied") == 1
+
+
+def test_dry_run_checks_but_never_copies(admission, registry_token, registry_basic):
+    repo = unique("dry")
+    push_image(registry_token, repo, "v1", make_image(seed=repo))
+    mark = registry_basic.mark()
+
+    response = admission.admit(f"{registry_token.host}/{repo}:v1", dry_run=True)
+
+    assert response["allowed"] is True
+    assert registry_basic.requests_since(mark) == []
+    missing = admission.admit(f"{registry_token.host}/{repo}:nope", dry_run=True)
+    assert missing["allowed"] is False and "not found" in missing["status"]["message"]
+
+
+def test_slow_copy_is_denied_as_replicating_then_allowed_once_done(registry_basic):
+    with RegistryServer() as source, FaultProxy(source.host) as proxy:
+        repo = unique("slow")
+        push_image(source, repo, "v1", make_image(layers=1, layer_size=6_000_000, seed=repo))
+        proxy.arm(Fault("slow", path_contains="/blobs/", methods=("GET",), rate=3_000_000))
+        admission = Admission(proxy.host, None, registry_basic, ADMISSION_BUDGET_SECONDS="0.5")
+        try:
+            image = f"{proxy.host}/{repo}:v1"
+            first = admission.admit(image)
+            assert first["allowed"] is False
+            assert "replicating, retry shortly" in first["status"]["message"]
+            assert "MiB" in first["status"]["message"]  # progress
+            deadline = time.monotonic() + 20
+            response = first
+            while time.monotonic() < deadline and not response["allowed"]:
+                time.sleep(0.3)
+                response = admission.admit(image)
+            assert response["allowed"] is True
+            assert admission.replications("copied") == 1
+        finally:
+            admission.close()
+
+
+def test_failed_copy_is_reported_and_not_hammered(registry_basic):
+    with RegistryServer() as source, FaultProxy(source.host) as proxy:
+        repo = unique("corrupt")
+        image = make_image(layers=1, layer_size=200_000, seed=repo)
+        push_image(source, repo, "v1", image)
+        proxy.arm(Fault("flip", path_contains=image.layers[0].digest, methods=("GET",)))
+        admission = Admission(proxy.host, None, registry_basic)
+        try:
+            first = admission.admit(f"{proxy.host}/{repo}:v1")
+            assert first["allowed"] is False
+            assert "replication failed" in first["status"]["message"]
+            assert image.layers[0].digest in first["status"]["message"]
+            hits = proxy.hits
+            second = admission.admit(f"{proxy.host}/{repo}:v1")
+            assert second["allowed"] is False and "replication failed" in second["status"]["message"]
+            assert proxy.hits == hits, "a failed copy is retried only after its backoff"
+            assert admission.replications("failed") == 1
+        finally:
+            admission.close()
+
+
+def test_unreachable_source_is_allowed_with_a_warning_when_the_target_holds_the_tag(registry_basic):
+    with RegistryServer() as source, FaultProxy(source.host) as proxy:
+        repo = unique("vouched")
+        push_image(source, repo, "v1", make_image(seed=repo))
+        admission = Admission(proxy.host, None, registry_basic, CACHE_TTL_SECONDS="0")
+        try:
+            assert admission.admit(f"{proxy.host}/{repo}:v1")["allowed"] is True
+            proxy.arm(Fault("status", status=503))
+
+            response = admission.admit(f"{proxy.host}/{repo}:v1")
+
+            assert response["allowed"] is True
+            assert any("registry unreachable" in w for w in response["warnings"])
+            other = admission.admit(f"{proxy.host}/{repo}:never-copied")
+            assert other["allowed"] is False and "registry unreachable" in other["status"]["message"]
+        finally:
+            admission.close()
+
+
+def test_audit_mode_copies_and_always_allows(registry_token, registry_basic):
+    admission = Admission(registry_token.host, registry_token.credentials, registry_basic, MODE="audit")
+    try:
+        repo = unique("audit")
+        digest = push_image(registry_token, repo, "v1", make_image(seed=repo))
+        response = admission.admit(f"{registry_token.host}/{repo}:v1", f"{registry_token.host}/{repo}:missing")
+        assert response["allowed"] is True
+        assert any(f"{repo}:missing" in w and "not found" in w for w in response["warnings"])
+        assert target_digest(registry_basic, repo, "v1") == digest
+    finally:
+        admission.close()
