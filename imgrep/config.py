@@ -7,6 +7,7 @@ Each bad value raises ConfigError naming its variable; the CLI turns it into exi
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
@@ -87,6 +88,8 @@ class Config:
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", ""}
+#: what a lowercased host[:port] (IPv6 literals bracketed) can be made of
+_HOST_PORT_CHARS = re.compile(r"[a-z0-9.\-\[\]:]+")
 
 
 class _Reader:
@@ -127,7 +130,7 @@ class _Reader:
 
     def host_list(self, name: str, default: str = "") -> frozenset[str]:
         items = [normalise_registry(item) for item in self.raw(name, default).split(",") if item.strip()]
-        bad = [item for item in items if not item or " " in item]
+        bad = [item for item in items if not _HOST_PORT_CHARS.fullmatch(item)]
         if bad:
             raise ConfigError(name, f"not a host[:port]: {bad[0]!r}")
         return frozenset(items)

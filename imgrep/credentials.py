@@ -101,8 +101,6 @@ def _named_registries(environ: Mapping[str, str]) -> dict[str, Credential]:
     for variable in sorted(environ):
         if not (variable.startswith("REGISTRY_") and variable.endswith("_URL")):
             continue
-        if variable == "REGISTRY_CA_FILE":
-            continue
         prefix = variable[: -len("URL")]
         host = normalise_registry(environ[variable])
         if not host:

@@ -25,7 +25,8 @@ def _text_value(value: Any) -> str:
     elif isinstance(value, float):
         value = f"{value:.4f}".rstrip("0").rstrip(".")
     text = str(value)
-    if not text or any(c in text for c in ' "=\n'):
+    # control characters (CR, tab, ...) are escaped too, so no value can forge or split a line
+    if not text or any(c in ' "=' or not c.isprintable() for c in text):
         return json.dumps(text)
     return text
 

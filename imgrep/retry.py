@@ -1,7 +1,7 @@
 """Retry policy as an immutable value (after urllib3's ``Retry``).
 
 Only answers that say "try again" are retried: 429, 5xx and network faults.
-Waits grow exponentially with full jitter, are capped, honour ``Retry-After``
+Waits grow exponentially, are capped, get jitter on their upper half, honour ``Retry-After``
 up to ``max_retry_after``, and never run past the caller's deadline.
 """
 
