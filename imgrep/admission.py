@@ -39,6 +39,8 @@ _POD_SPEC_PATHS = {
     "ReplicationController": ("spec", "template", "spec"),
     "Job": ("spec", "template", "spec"),
     "CronJob": ("spec", "jobTemplate", "spec", "template", "spec"),
+    # pods/ephemeralcontainers before Kubernetes 1.22 carried this kind, lists at the top
+    "EphemeralContainers": (),
 }
 WORKLOAD_KINDS = frozenset(_POD_SPEC_PATHS)
 
@@ -122,7 +124,7 @@ def decode_review(body: bytes) -> AdmissionRequest:
 
 def _containers(kind: str, obj: Any) -> Iterator[dict]:
     path = _POD_SPEC_PATHS.get(kind)
-    spec = _get(obj, *path) if path else None
+    spec = _get(obj, *path) if path is not None else None
     if not isinstance(spec, dict):
         return
     for list_name in CONTAINER_LISTS:

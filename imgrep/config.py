@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
@@ -86,6 +87,8 @@ class Config:
         }
 
 
+#: distribution's path-component grammar, joined by "/"
+_REPOSITORY_PATH = re.compile(r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*)*")
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", ""}
 #: what a lowercased host[:port] (IPv6 literals bracketed) can be made of
@@ -155,7 +158,7 @@ def _target(value: str) -> TargetRegistry | None:
     host = host.lower()
     if not host or any(c in host for c in " @?#"):
         raise ConfigError("TARGET_REGISTRY", f"expected host[:port][/prefix], got {value!r}")
-    if prefix and (prefix != prefix.lower() or "//" in prefix or " " in prefix):
+    if prefix and not _REPOSITORY_PATH.fullmatch(prefix):
         raise ConfigError("TARGET_REGISTRY", f"prefix must be a lowercase repository path, got {prefix!r}")
     return TargetRegistry(host, prefix)
 

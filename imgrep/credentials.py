@@ -102,6 +102,8 @@ def _named_registries(environ: Mapping[str, str]) -> dict[str, Credential]:
         if not (variable.startswith("REGISTRY_") and variable.endswith("_URL")):
             continue
         prefix = variable[: -len("URL")]
+        if prefix == "REGISTRY_":
+            continue  # no <NAME>: not one of ours
         host = normalise_registry(environ[variable])
         if not host:
             raise ConfigError(variable, "is empty")

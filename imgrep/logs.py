@@ -44,7 +44,7 @@ class Logger:
         now = time.time()
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
         if self.fmt == "json":
-            record = {"time": stamp, "level": level, "event": event, **fields}
+            record = {**fields, "time": stamp, "level": level, "event": event}
             line = json.dumps(record, default=str, separators=(",", ":"))
         else:
             parts = [stamp, level.upper(), event]

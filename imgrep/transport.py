@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Mapping
 from urllib.parse import urljoin, urlsplit
 
 from . import __version__
-from .errors import RegistryUnavailable
+from .errors import RegistryProtocolError, RegistryUnavailable
 from .protocol import redact_url
 
 __all__ = ["Transport", "Response", "Observer", "USER_AGENT"]
@@ -51,7 +51,8 @@ def _origin(url: str) -> _Origin:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"not an http(s) URL: {redact_url(url)}")
-    return _Origin(parts.scheme, parts.hostname.lower(), parts.port or (443 if parts.scheme == "https" else 80))
+    port = parts.port  # raises ValueError for a port that is not a number in range
+    return _Origin(parts.scheme, parts.hostname.lower(), port or (443 if parts.scheme == "https" else 80))
 
 
 class Response:
@@ -160,7 +161,11 @@ class Transport:
                 return response
             response.read_capped(4096)
             url = urljoin(url, location)
-            if _origin(url) != first:
+            try:
+                moved = _origin(url)
+            except ValueError:
+                raise RegistryProtocolError(first.netloc, f"redirect to an unusable URL {redact_url(url)}") from None
+            if moved != first:
                 headers.pop("Authorization", None)
         raise RegistryUnavailable(first.netloc, f"more than {MAX_REDIRECTS} redirects, last to {redact_url(url)}")
 

@@ -63,7 +63,13 @@ def review(obj: dict | None, *, kind: str = "Pod", api_version: str = V1, operat
 
 
 def test_spec_kinds_are_all_known():
-    assert WORKLOAD_KINDS == set(WRAP)
+    assert WORKLOAD_KINDS == set(WRAP) | {"EphemeralContainers"}
+
+
+def test_pre_1_22_ephemeral_containers_kind_is_checked():
+    obj = {"metadata": {"name": "p"}, "ephemeralContainers": [{"name": "debug", "image": "busybox:1"}]}
+    request = decode_review(review(obj, kind="EphemeralContainers"))
+    assert request.images == ("busybox:1",)
 
 
 @pytest.mark.parametrize("kind", sorted(WRAP))

@@ -114,6 +114,8 @@ BAD = [
     ("TARGET_REGISTRY", "user@mirror.example.com"),
     ("TARGET_REGISTRY", "mirror.example.com/Team"),
     ("TARGET_REGISTRY", "mirror example.com"),
+    ("TARGET_REGISTRY", "mirror.example.com//cache"),
+    ("TARGET_REGISTRY", "mirror.example.com/-cache"),
     ("MODE", "warn"),
     ("ADMISSION_BUDGET_SECONDS", "0"),
     ("ADMISSION_BUDGET_SECONDS", "31"),

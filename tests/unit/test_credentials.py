@@ -168,6 +168,11 @@ def test_registry_ca_file_is_not_taken_for_a_named_registry():
     assert store.by_registry == {}
 
 
+def test_a_registry_variable_without_a_name_is_not_a_credential():
+    store = CredentialStore.from_sources({"REGISTRY_URL": "ghcr.io", "REGISTRY_PASSWORD": "p"})
+    assert store.by_registry == {}
+
+
 @pytest.mark.parametrize(
     ("environ", "variable"),
     [

@@ -44,6 +44,12 @@ def test_json_line():
     assert record == {"level": "info", "event": "admission", **ADMISSION}
 
 
+def test_json_fields_cannot_overwrite_the_record_time():
+    [line] = lines("json", ("warning", "admission", {"time": "forged", "uid": "u1"}))
+    record = json.loads(line)
+    assert re.fullmatch(STAMP, record["time"]) and record["uid"] == "u1"
+
+
 @pytest.mark.parametrize("fmt", ["text", "json"])
 def test_one_line_per_call_even_with_newlines_in_values(fmt):
     calls = [("info", "a", {"detail": "line one\nline two"}), ("error", "b", {"detail": "x\r\ny"}),
