@@ -326,6 +326,10 @@ class RegistryClient:
 
     def _fetch_token(self, registry, challenge, scopes, credential, deadline) -> Token:
         request = token_request(challenge, scopes, credential)
+        if not request.url.startswith("https://") and registry not in self.transport.insecure:
+            # credentials would cross the network in clear text
+            raise RegistryProtocolError(registry, "token realm must use HTTPS unless the registry is in "
+                                                  "INSECURE_REGISTRIES")
         response = self._send(request.method, request.url, dict(request.headers), request.body, deadline)
         body = response.read_capped(MAX_TOKEN_BYTES)
         if response.status == 200:

@@ -18,7 +18,8 @@ from typing import Callable, Iterable, Mapping
 from urllib.parse import urljoin, urlsplit
 
 from . import __version__
-from .errors import RegistryProtocolError, RegistryUnavailable
+from .errors import ForbiddenRegistry, RegistryProtocolError, RegistryUnavailable
+from .netpolicy import refusal
 from .protocol import redact_url
 
 __all__ = ["Transport", "Response", "Observer", "USER_AGENT"]
@@ -118,12 +119,10 @@ class Transport:
         ca_file: str | None = None,
         timeout: float = 30.0,
         observe: Observer | None = None,
-        resolve_guard: Callable[[str, int], None] | None = None,
     ):
         self.insecure = insecure_registries
         self.timeout = timeout
         self._observe = observe or (lambda *args: None)
-        self._guard = resolve_guard
         self._tls = ssl.create_default_context(cafile=None)
         self._tls.minimum_version = ssl.TLSVersion.TLSv1_2
         if ca_file:
@@ -207,12 +206,11 @@ class Transport:
             if connection.sock is not None:
                 connection.sock.settimeout(timeout)
             return connection, True
-        if self._guard:
-            self._guard(origin.host, origin.port)
         if origin.scheme == "https":
             connection = http.client.HTTPSConnection(origin.host, origin.port, timeout=timeout, context=self._tls)
         else:
             connection = http.client.HTTPConnection(origin.host, origin.port, timeout=timeout)
+        connection._create_connection = _guarded_connect  # every connect, redirects and token realms included
         return connection, False
 
     def _release(self, origin: _Origin, connection: http.client.HTTPConnection, reusable: bool) -> None:
@@ -232,6 +230,33 @@ class Transport:
         for idle in pools.values():
             for connection in idle:
                 connection.close()
+
+
+def _guarded_connect(address: tuple[str, int], timeout: float, source_address=None) -> socket.socket:
+    """``socket.create_connection`` that refuses netpolicy's addresses.
+
+    The address checked is the address connected to, so a name that resolves
+    differently a second time (DNS rebinding) cannot slip past.
+    """
+    host, port = address
+    refused, last_error = "", None
+    for family, kind, protocol, _, sockaddr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        reason = refusal(sockaddr[0])
+        if reason:
+            refused = reason
+            continue
+        sock = socket.socket(family, kind, protocol)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as exc:
+            sock.close()
+            last_error = exc
+    if last_error is not None:
+        raise last_error
+    shown = f"[{host}]" if ":" in host else host
+    raise ForbiddenRegistry(shown, f"refusing to connect: it resolves to {refused or 'no address'}")
 
 
 def _describe(exc: BaseException) -> str:
