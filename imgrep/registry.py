@@ -273,7 +273,7 @@ class RegistryClient:
         challenge = self._challenges.get(repo.registry)
         fresh = False
         if challenge is not None:
-            authorization, fresh = self._authorization(repo.registry, challenge, scopes, credential, deadline)
+            authorization, fresh = self._authorization(repo, challenge, scopes, credential, deadline)
             if authorization:
                 headers["Authorization"] = authorization
         response = self._send(method, url, headers, body, deadline)
@@ -288,7 +288,7 @@ class RegistryClient:
                                repository=repo.repository, status=401)
         with self._lock:
             self._challenges[repo.registry] = challenge
-        authorization, _ = self._authorization(repo.registry, challenge, scopes, credential, deadline, refresh=True)
+        authorization, _ = self._authorization(repo, challenge, scopes, credential, deadline, refresh=True)
         if not authorization:
             raise Unauthorized(repo.registry, "registry requires credentials and none are configured",
                                repository=repo.repository, status=401)
@@ -297,7 +297,7 @@ class RegistryClient:
 
     def _authorization(
         self,
-        registry: str,
+        repo: Repo,
         challenge: Challenge,
         scopes: tuple[str, ...],
         credential: Credential | None,
@@ -313,33 +313,40 @@ class RegistryClient:
             return None, refresh
         if challenge.scheme != "bearer":
             return None, False
+        registry = repo.registry
         key = (registry, scopes)
         with self._lock:
             lock = self._token_locks.setdefault(key, threading.Lock())
         with lock:  # one token request per scope, however many checks wait for it
             token = None if refresh else self.tokens.get(registry, scopes, self.clock())
             if token is None:
-                token = self._fetch_token(registry, challenge, scopes, credential, deadline)
+                token = self._fetch_token(repo, challenge, scopes, credential, deadline)
                 self.tokens.put(registry, scopes, token, self.clock())
                 return f"Bearer {token.value}", True
         return f"Bearer {token.value}", False
 
-    def _fetch_token(self, registry, challenge, scopes, credential, deadline) -> Token:
+    def _fetch_token(self, repo: Repo, challenge, scopes, credential, deadline) -> Token:
+        registry = repo.registry
+        where = dict(repository=repo.repository)
         request = token_request(challenge, scopes, credential)
         if not request.url.startswith("https://") and registry not in self.transport.insecure:
             # credentials would cross the network in clear text
             raise RegistryProtocolError(registry, "token realm must use HTTPS unless the registry is in "
-                                                  "INSECURE_REGISTRIES")
+                                                  "INSECURE_REGISTRIES", **where)
         response = self._send(request.method, request.url, dict(request.headers), request.body, deadline)
         body = response.read_capped(MAX_TOKEN_BYTES)
+        where["status"] = response.status
         if response.status == 200:
             return parse_token_response(body, self.clock(), registry)
         if response.status in (401, 403):
-            raise Unauthorized(registry, "token server refused the credentials", status=response.status)
+            if credential is None or not credential.secrets:
+                raise Unauthorized(registry, "registry requires credentials and none are configured "
+                                             "(anonymous token refused)", **where)
+            raise Unauthorized(registry, "token server refused the credentials", **where)
         if response.status in RETRYABLE_STATUS:
-            raise RegistryUnavailable(registry, "token server unavailable", status=response.status)
+            raise RegistryUnavailable(registry, "token server unavailable", **where)
         raise RegistryProtocolError(registry, f"token server answered {error_summary(body) or 'unexpectedly'}",
-                                    status=response.status)
+                                    **where)
 
     def _send(self, method, url, headers, body, deadline) -> Response:
         remaining = deadline - self.clock()

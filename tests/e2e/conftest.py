@@ -1,0 +1,253 @@
+"""The built product, ``dist/imgrep.pyz``, run as a process and spoken to like the API server does.
+
+The archive is built once per session from the checkout. Each webhook process gets
+free ports, its own CA and serving certificate, and JSON logs in a file the tests
+read. The client verifies the certificate against that CA alone, for the Service
+name ``image-replicator.image-replicator.svc``, while connecting to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.certs import CertPaths, make_ca_and_cert
+from tests.helpers.registry import RegistryServer
+
+ROOT = Path(__file__).resolve().parents[2]
+ZIPAPP = ROOT / "dist" / "imgrep.pyz"
+#: the name the API server checks the webhook's certificate against
+SERVICE_NAME = "image-replicator.image-replicator.svc"
+#: a webhook that is not ready by then will not be
+READY_TIMEOUT_SECONDS = 10.0
+#: SIGTERM → exit, including SHUTDOWN_DELAY_SECONDS
+STOP_TIMEOUT_SECONDS = 10.0
+#: a free port can be taken between probing and binding; start again on new ones
+START_ATTEMPTS = 3
+HTTP_TIMEOUT_SECONDS = 10.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class ApiServerConnection(http.client.HTTPSConnection):
+    """HTTPS to 127.0.0.1 that trusts only ``ca_file`` and checks the certificate names SERVICE_NAME."""
+
+    def __init__(self, port: int, ca_file: Path, *, server_hostname: str = SERVICE_NAME,
+                 timeout: float = HTTP_TIMEOUT_SECONDS):
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # check_hostname and CERT_REQUIRED by default
+        context.load_verify_locations(cafile=str(ca_file))
+        super().__init__("127.0.0.1", port, timeout=timeout, context=context)
+        self.server_hostname = server_hostname
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.server_hostname)
+
+    def peer_certificate(self) -> bytes:
+        """DER of the certificate the server presented on this connection (connecting if needed)."""
+        if self.sock is None:
+            self.connect()
+        return self.sock.getpeercert(binary_form=True)
+
+
+class Webhook:
+    """One ``python dist/imgrep.pyz`` process; a context manager that always stops it."""
+
+    def __init__(self, directory: Path, env: dict[str, str]):
+        self.directory = directory
+        self.certs: CertPaths = make_ca_and_cert(directory / "certs")
+        self.extra_env = env
+        self.output_path = directory / "imgrep.log"
+        self.port = self.health_port = 0
+        self.process: subprocess.Popen | None = None
+
+    # lifecycle --------------------------------------------------------------------
+
+    def __enter__(self) -> Webhook:
+        for _attempt in range(START_ATTEMPTS):
+            if self._start():
+                return self
+        raise RuntimeError(f"imgrep found no free ports in {START_ATTEMPTS} attempts:\n{self.output()[-2000:]}")
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _environment(self) -> dict[str, str]:
+        return {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LANG": "C.UTF-8",
+            "PORT": str(self.port),
+            "HEALTH_PORT": str(self.health_port),
+            "TLS_CERT_PATH": str(self.certs.cert),
+            "TLS_KEY_PATH": str(self.certs.key),
+            "SHUTDOWN_DELAY_SECONDS": "0",
+            "LOG_FORMAT": "json",
+            **self.extra_env,
+        }
+
+    def _start(self) -> bool:
+        """Start and wait for /readyz; False when a port was taken under us."""
+        self.port, self.health_port = free_port(), free_port()
+        with open(self.output_path, "ab") as output:
+            self.process = subprocess.Popen([sys.executable, str(ZIPAPP)], cwd=self.directory,
+                                            env=self._environment(), stdin=subprocess.DEVNULL,
+                                            stdout=output, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                if "cannot listen" in self.output():
+                    return False
+                raise RuntimeError(f"imgrep exited {self.process.returncode} at start:\n{self.output()[-4000:]}")
+            try:
+                if self.health("/readyz")[0] == 200:
+                    return True
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise TimeoutError(f"imgrep was not ready in {READY_TIMEOUT_SECONDS} s:\n{self.output()[-4000:]}")
+
+    def terminate(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout: float = STOP_TIMEOUT_SECONDS) -> int:
+        return self.process.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.terminate()
+        try:
+            self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
+
+    # talking to it ------------------------------------------------------------------
+
+    def connect(self) -> ApiServerConnection:
+        return ApiServerConnection(self.port, self.certs.ca_cert)
+
+    def post(self, body: bytes, content_type: str = "application/json",
+             connection: ApiServerConnection | None = None) -> tuple[int, bytes]:
+        """POST /validate; on ``connection`` (kept open) or on a new one closed afterwards."""
+        own = connection is None
+        connection = connection or self.connect()
+        try:
+            connection.request("POST", "/validate", body=body, headers={"Content-Type": content_type})
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            if own:
+                connection.close()
+
+    def admit(self, review: dict, connection: ApiServerConnection | None = None) -> dict:
+        """The AdmissionReview answer to ``review``, which must come back as HTTP 200."""
+        status, body = self.post(json.dumps(review).encode(), connection=connection)
+        assert status == 200, body
+        return json.loads(body)
+
+    def get(self, path: str) -> tuple[int, str, bytes]:
+        """GET on the webhook (TLS) port: (status, content type, body)."""
+        connection = self.connect()
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            return response.status, response.getheader("Content-Type", ""), response.read()
+        finally:
+            connection.close()
+
+    def health(self, path: str) -> tuple[int, str, bytes]:
+        """GET on the plain-HTTP health port: (status, content type, body)."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.health_port, timeout=HTTP_TIMEOUT_SECONDS)
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            return response.status, response.getheader("Content-Type", ""), response.read()
+        finally:
+            connection.close()
+
+    # what it said ---------------------------------------------------------------------
+
+    def output(self) -> str:
+        """Everything the process wrote to stdout and stderr so far."""
+        return self.output_path.read_text(errors="replace") if self.output_path.exists() else ""
+
+    def log_records(self) -> list[dict]:
+        """Its JSON log lines, parsed; a line that is not JSON fails the test (LOG_FORMAT=json)."""
+        return [json.loads(line) for line in self.output().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def zipapp() -> Path:
+    """dist/imgrep.pyz built from this checkout, once per session."""
+    done = subprocess.run([sys.executable, "build_zipapp.py"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    return ZIPAPP
+
+
+@pytest.fixture(scope="session")
+def registry_noauth() -> Iterator[RegistryServer]:
+    with RegistryServer() as registry:
+        yield registry
+
+
+@pytest.fixture(scope="session")
+def registry_basic() -> Iterator[RegistryServer]:
+    with RegistryServer(auth="basic") as registry:
+        yield registry
+
+
+@pytest.fixture(scope="session")
+def base_env(registry_noauth: RegistryServer, registry_basic: RegistryServer) -> dict[str, str]:
+    """Both test registries over plain HTTP, with the basic one's credentials."""
+    user, password = registry_basic.credentials
+    return {
+        "INSECURE_REGISTRIES": f"{registry_noauth.host},{registry_basic.host}",
+        "REGISTRY_E2E_URL": registry_basic.host,
+        "REGISTRY_E2E_USERNAME": user,
+        "REGISTRY_E2E_PASSWORD": password,
+    }
+
+
+@pytest.fixture(scope="session")
+def webhook(zipapp: Path, base_env: dict[str, str]) -> Iterator[Webhook]:
+    """The shared instance in its defaults (enforce, deny on registry errors, 8 s budget)."""
+    with tempfile.TemporaryDirectory(prefix="imgrep-e2e-") as directory:
+        with Webhook(Path(directory), base_env) as running:
+            yield running
+
+
+@pytest.fixture
+def start_webhook(zipapp: Path, base_env: dict[str, str], tmp_path: Path):
+    """start_webhook(**env): another instance with ``env`` over the base; stopped after the test."""
+    started: list[Webhook] = []
+
+    def start(**env: str) -> Webhook:
+        directory = tmp_path / f"webhook-{len(started)}"
+        directory.mkdir()
+        instance = Webhook(directory, {**base_env, **env})
+        started.append(instance)
+        return instance.__enter__()
+
+    yield start
+    for instance in started:
+        instance.stop()
