@@ -29,8 +29,9 @@ SOCKET_TIMEOUT = 30.0
 HANDSHAKE_TIMEOUT = 10.0
 #: certificate files are checked for renewal at most this often
 CERT_CHECK_INTERVAL = 1.0
-#: header lines and sizes beyond which a request is refused (http.server caps 100 lines)
-MAX_HEADER_LINE = 8192
+#: an oversized body up to this size is read and dropped so its sender sees the 413;
+#: beyond it the connection is closed at once
+MAX_DISCARD_BYTES = 16 * 1024 * 1024
 
 #: (status, content type, body)
 Reply = tuple[int, str, bytes]
@@ -150,6 +151,7 @@ class _Handler(BaseHTTPRequestHandler):
             if self.headers.get("Transfer-Encoding") or length is None or not length.isdigit():
                 return self._reply(*_plain(411, "Content-Length required"), close=True)
             if int(length) > MAX_BODY_BYTES:
+                self._discard(int(length))
                 return self._reply(*_plain(413, "request body larger than 3 MiB"), close=True)
             body = self.rfile.read(int(length))
             if len(body) != int(length):
@@ -164,6 +166,16 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(*reply, close=self.server.lifecycle.draining)
 
     do_GET = do_POST = _serve
+
+    def _discard(self, length: int) -> None:
+        """Read a refused body (up to a bound) so the client, still sending, can read the 413."""
+        if length > MAX_DISCARD_BYTES:
+            return
+        while length > 0:
+            chunk = self.rfile.read(min(length, 64 * 1024))
+            if not chunk:
+                return
+            length -= len(chunk)
 
     def _reply(self, status: int, content_type: str, body: bytes, close: bool = False) -> None:
         """Status line, headers and body in a single write (see module docstring)."""
