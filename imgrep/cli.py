@@ -211,25 +211,29 @@ def run_serve(runtime: Runtime) -> int:
                      logger, lifecycle)
     server = _listen("PORT", config.port, App({**common, ("POST", "/validate"): validate}, logger), logger,
                      lifecycle, certificates=certificates, max_connections=config.max_connections)
-    stop = threading.Event()
+    signals: list[int] = []
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+        # only a list append: the handler must not take a lock the main thread may hold
+        signal.signal(signum, lambda number, _frame: signals.append(number))
     health.serve_in_thread()
     server.serve_in_thread()
     lifecycle.ready = True
     logger.info("started", version=__version__, config=config.summary())
-    stop.wait()
+    while not signals:
+        time.sleep(0.1)
     lifecycle.draining = True
     logger.info("draining", delay_seconds=config.shutdown_delay_seconds)
     time.sleep(config.shutdown_delay_seconds)
-    server.drain()
-    health.drain()
-    runtime.checker.close()
-    if runtime.replicator is not None:
-        runtime.replicator.close()
-    runtime.transport.close()
+    # an answer in progress needs at most the admission budget
+    server.drain(grace=config.admission_budget_seconds + 2)
+    health.drain(grace=1)
     logger.info("stopped")
-    return 0
+    # Background lookups and copies are abandoned, not awaited: each is safe to
+    # interrupt (nothing half-copied is ever tagged), and waiting could outlast
+    # the pod's termination grace period.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ from typing import Callable
 from .admission import MAX_BODY_BYTES
 from .logs import Logger
 
-__all__ = ["Route", "App", "HttpServer", "CertificateReloader", "Lifecycle"]
+__all__ = ["Route", "App", "HttpServer", "CertificateReloader", "Lifecycle", "QUERY"]
 
 #: seconds a connection may sit idle or take to send one read's worth of a request
 SOCKET_TIMEOUT = 30.0
@@ -36,6 +36,9 @@ MAX_DISCARD_BYTES = 16 * 1024 * 1024
 #: (status, content type, body)
 Reply = tuple[int, str, bytes]
 Route = Callable[[bytes, dict[str, str]], Reply]
+#: the key under which a route finds the query string (after "?") among the lowercased
+#: headers: like an HTTP/2 pseudo-header, no HTTP/1.1 header name can contain ":"
+QUERY = ":query"
 
 
 @dataclass
@@ -54,13 +57,14 @@ class App:
         self.logger = logger
 
     def dispatch(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> Reply:
-        route = self.routes.get((method, path.split("?", 1)[0]))
+        path, _, query = path.partition("?")
+        route = self.routes.get((method, path))
         if route is None:
             known = {p for (_, p) in self.routes}
-            if path.split("?", 1)[0] in known:
+            if path in known:
                 return _plain(405, "method not allowed")
             return _plain(404, "not found")
-        return route(body, headers)
+        return route(body, {**headers, QUERY: query})
 
 
 def _plain(status: int, reason: str) -> Reply:
@@ -204,8 +208,9 @@ class _Handler(BaseHTTPRequestHandler):
 class HttpServer(ThreadingHTTPServer):
     """One listener. ``certificates`` set → TLS, handshake per connection thread."""
 
-    daemon_threads = False
-    block_on_close = True
+    #: connection threads are not joined at close: drain() waits for the busy ones
+    #: only, so a client stuck in its handshake cannot hold up shutdown
+    daemon_threads = True
     request_queue_size = 128
 
     def __init__(
@@ -263,10 +268,11 @@ class HttpServer(ThreadingHTTPServer):
         with self._conn_lock:
             self._connections.pop(handler, None)
 
-    def drain(self) -> None:
-        """Stop accepting, close idle keep-alive connections, let busy ones answer, join."""
+    def drain(self, grace: float) -> None:
+        """Stop accepting, close idle keep-alive connections, give busy ones ``grace`` seconds to answer."""
         self.stopping.set()
         self.shutdown()
+        self.server_close()
         with self._conn_lock:
             idle = [h for h, busy in self._connections.items() if not busy]
         for handler in idle:
@@ -274,7 +280,13 @@ class HttpServer(ThreadingHTTPServer):
                 socket.socket.shutdown(handler.connection, socket.SHUT_RD)
             except OSError:
                 pass  # already closed by the peer
-        self.server_close()
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            with self._conn_lock:
+                if not any(self._connections.values()):
+                    return
+            time.sleep(0.02)
+        self.logger.warning("shutdown_grace_exceeded", port=self.server_address[1])
 
     def serve_in_thread(self) -> threading.Thread:
         thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2},
