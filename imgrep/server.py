@@ -25,6 +25,9 @@ __all__ = ["Route", "App", "HttpServer", "CertificateReloader", "Lifecycle", "QU
 
 #: seconds a connection may sit idle or take to send one read's worth of a request
 SOCKET_TIMEOUT = 30.0
+#: seconds a connection gets, after connecting or after its last answer, to deliver a
+#: whole request (bounds slowloris clients, which trickle bytes under SOCKET_TIMEOUT)
+REQUEST_TIMEOUT = 30.0
 #: seconds a client gets to complete the TLS handshake
 HANDSHAKE_TIMEOUT = 10.0
 #: certificate files are checked for renewal at most this often
@@ -141,11 +144,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         super().handle_one_request()
-        self.server.track(self, busy=False)
-
-    def parse_request(self) -> bool:
-        self.server.track(self, busy=True)
-        return super().parse_request()
 
     def _serve(self) -> None:
         method = self.command
@@ -162,12 +160,17 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 return
         headers = {k.lower(): v for k, v in self.headers.items()}
+        self.server.track(self, busy=True)  # fully received: from here on it is answered, even while draining
         try:
             reply = self.server.app.dispatch(method, self.path, body, headers)
         except Exception as exc:  # the boundary: a bug becomes a 500 line, never a traceback to the client
-            self.server.logger.error("internal_error", path=self.path.split("?")[0], error=f"{type(exc).__name__}: {exc}"[:300])
+            self.server.logger.error("internal_error", path=self.path.split("?")[0],
+                                     error=f"{type(exc).__name__}: {exc}"[:300])
             reply = _plain(500, "internal error")
-        self._reply(*reply, close=self.server.lifecycle.draining)
+        try:
+            self._reply(*reply, close=self.server.lifecycle.draining)
+        finally:
+            self.server.track(self, busy=False)
 
     do_GET = do_POST = _serve
 
@@ -229,7 +232,8 @@ class HttpServer(ThreadingHTTPServer):
         self.certificates = certificates
         self.stopping = threading.Event()
         self._slots = threading.BoundedSemaphore(max_connections)
-        self._connections: dict[_Handler, bool] = {}
+        #: handler → (answering a request, since when): the reaper and drain() read it
+        self._connections: dict[_Handler, tuple[bool, float]] = {}
         self._conn_lock = threading.Lock()
         super().__init__(address, _Handler)
 
@@ -262,7 +266,7 @@ class HttpServer(ThreadingHTTPServer):
 
     def track(self, handler: _Handler, busy: bool) -> None:
         with self._conn_lock:
-            self._connections[handler] = busy
+            self._connections[handler] = (busy, time.monotonic())
 
     def untrack(self, handler: _Handler) -> None:
         with self._conn_lock:
@@ -274,22 +278,42 @@ class HttpServer(ThreadingHTTPServer):
         self.shutdown()
         self.server_close()
         with self._conn_lock:
-            idle = [h for h, busy in self._connections.items() if not busy]
+            idle = [h for h, (busy, _) in self._connections.items() if not busy]
         for handler in idle:
-            try:  # the raw socket's read side: SSLSocket.shutdown would drop the TLS layer
-                socket.socket.shutdown(handler.connection, socket.SHUT_RD)
-            except OSError:
-                pass  # already closed by the peer
+            _shutdown(handler, socket.SHUT_RD)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             with self._conn_lock:
-                if not any(self._connections.values()):
+                if not any(busy for busy, _ in self._connections.values()):
                     return
             time.sleep(0.02)
         self.logger.warning("shutdown_grace_exceeded", port=self.server_address[1])
 
+    def reap(self, now: float) -> int:
+        """Close connections that have not delivered a whole request within REQUEST_TIMEOUT
+        of their last answer (or of connecting): a slow or silent client cannot hold a slot."""
+        with self._conn_lock:
+            stale = [h for h, (busy, since) in self._connections.items() if not busy and now - since > REQUEST_TIMEOUT]
+        for handler in stale:
+            _shutdown(handler, socket.SHUT_RDWR)
+        return len(stale)
+
+    def _reap_forever(self) -> None:
+        while not self.stopping.wait(1.0):
+            self.reap(time.monotonic())
+
     def serve_in_thread(self) -> threading.Thread:
+        port = self.server_address[1]
+        threading.Thread(target=self._reap_forever, name=f"imgrep-reap-{port}", daemon=True).start()
         thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2},
-                                  name=f"imgrep-listen-{self.server_address[1]}", daemon=True)
+                                  name=f"imgrep-listen-{port}", daemon=True)
         thread.start()
         return thread
+
+
+def _shutdown(handler: _Handler, how: int) -> None:
+    """Shut the raw socket (SSLSocket.shutdown would drop the TLS layer first)."""
+    try:
+        socket.socket.shutdown(handler.connection, how)
+    except OSError:
+        pass  # already closed by the peer
