@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from .digest import Verifier, is_digest
-from .errors import ImgrepError, ManifestNotFound, RegistryError, RegistryUnavailable
+from .errors import DigestMismatch, ImgrepError, ManifestNotFound, RegistryError, RegistryUnavailable
 from .manifest import Descriptor, parse_manifest
 from .registry import Manifest, RegistryClient, Repo
 from .retry import RetryPolicy
@@ -117,7 +117,7 @@ class Copier:
         digest = digest or self.client.resolve(source, identifier, deadline).digest
         if self._target_has(target, tag or digest, digest, deadline):
             return CopyResult(digest, False, BlobStats())
-        manifests, blobs = self._collect(source, self.client.get_manifest(source, digest, deadline), deadline)
+        manifests, blobs = self._collect(source, self._top_manifest(source, identifier, digest, deadline), deadline)
         attached = self._referrers(source, digest, deadline) if referrers else []
         for blob in blobs:
             progress.plan(blob.size)
@@ -130,6 +130,19 @@ class Copier:
             top = manifests[-1]
             self.client.put_manifest(target, tag, top.body, top.info.media_type, deadline)
         return CopyResult(digest, True, stats)
+
+    def _top_manifest(self, source: Repo, identifier: str, digest: str, deadline: float) -> Manifest:
+        """The manifest ``digest`` names. If the registry lacks a digest it announced for a tag,
+        the tag's own manifest shows whether it lied (the copy is refused either way)."""
+        try:
+            return self.client.get_manifest(source, digest, deadline)
+        except ManifestNotFound:
+            if is_digest(identifier):
+                raise
+            actual = self.client.get_manifest(source, identifier, deadline).info.digest
+            raise DigestMismatch(source.registry, f"{identifier} was announced as {digest}, which the registry "
+                                                  f"does not have; its manifest hashes to {actual}",
+                                 repository=source.repository, digest=digest) from None
 
     def _target_has(self, target: Repo, identifier: str, digest: str, deadline: float) -> bool:
         """One HEAD in the target: does ``identifier`` already name ``digest`` there?"""

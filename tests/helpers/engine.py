@@ -1,0 +1,57 @@
+"""imgrep's copy engine wired to test registries, and a way to ask a target what it holds."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from imgrep.copier import Copier
+from imgrep.credentials import CredentialStore
+from imgrep.errors import ManifestNotFound
+from imgrep.registry import RegistryClient, Repo
+from imgrep.retry import RetryPolicy
+from imgrep.transport import Transport
+
+__all__ = ["Engine", "FAST_RETRY", "target_manifest_missing"]
+
+#: fault tests give up fast; the production policy waits longer between attempts
+FAST_RETRY = RetryPolicy(attempts=2, backoff=0.05, max_backoff=0.1)
+
+
+class Engine:
+    """An imgrep client and copier wired for one source and one target registry."""
+
+    def __init__(self, source_host: str, source_creds, target_host: str, target_creds,
+                 retry: RetryPolicy = RetryPolicy()):
+        environ = {}
+        for name, host, creds in (("SRC", source_host, source_creds), ("DST", target_host, target_creds)):
+            if creds:
+                environ.update({f"REGISTRY_{name}_URL": host, f"REGISTRY_{name}_USERNAME": creds[0],
+                                f"REGISTRY_{name}_PASSWORD": creds[1]})
+        self.transport = Transport(insecure_registries=frozenset({source_host, target_host}), timeout=10)
+        self.client = RegistryClient(self.transport, CredentialStore.from_sources(environ), retry=retry)
+        self.pool = ThreadPoolExecutor(4)
+        self.blob_results: list[str] = []
+        self.copier = Copier(self.client, self.pool, retry=retry,
+                             on_blob=lambda result, size: self.blob_results.append(result))
+        self.source_host, self.target_host = source_host, target_host
+
+    def copy(self, repo: str, identifier: str, target_repo: str | None = None, timeout: float = 60):
+        return self.copier.copy(Repo(self.source_host, repo), identifier, Repo(self.target_host, target_repo or repo),
+                                time.monotonic() + timeout)
+
+    def close(self) -> None:
+        self.pool.shutdown()
+        self.transport.close()
+
+
+def target_manifest_missing(target, repo: str, digest: str) -> bool:
+    transport = Transport(insecure_registries=frozenset({target.host}))
+    client = RegistryClient(transport, CredentialStore())
+    try:
+        client.resolve(Repo(target.host, repo), digest, time.monotonic() + 5)
+    except ManifestNotFound:
+        return True
+    finally:
+        transport.close()
+    return False

@@ -1,0 +1,99 @@
+"""Registry faults injected between imgrep and a real registry: copies survive or refuse cleanly."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+
+from imgrep.errors import DigestMismatch, RegistryError
+from tests.helpers.engine import FAST_RETRY, Engine, target_manifest_missing
+from tests.helpers.faultproxy import Fault, FaultProxy
+from tests.helpers.images import make_image, push_image
+from tests.helpers.registry import RegistryServer
+
+
+def unique(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture()
+def faulty_source():
+    """A no-auth source behind a fault proxy, a no-auth target, and an engine between them."""
+    with RegistryServer() as source, RegistryServer() as target, FaultProxy(source.host) as proxy:
+        engine = Engine(proxy.host, None, target.host, None)
+        try:
+            yield source, target, proxy, engine
+        finally:
+            engine.close()
+
+
+@pytest.mark.parametrize("fault", [
+    Fault("status", status=503, times=2),
+    Fault("status", status=429, retry_after="1", times=1),
+    Fault("status", status=502, path_contains="/blobs/", times=2),
+], ids=["503-then-recovery", "429-retry-after", "502-on-blobs"])
+def test_temporary_faults_are_retried_and_the_copy_completes(faulty_source, fault):
+    source, target, proxy, engine = faulty_source
+    repo = unique("flaky")
+    image = make_image(layers=2, layer_size=200_000, seed=repo)
+    push_image(source, repo, "v1", image)
+    proxy.arm(fault)
+
+    result = engine.copy(repo, "v1")
+
+    assert result.digest == image.digest and proxy.hits == fault.times
+    assert not target_manifest_missing(target, repo, "v1")
+
+
+def test_a_lying_digest_header_is_refused_and_nothing_reaches_the_target(faulty_source):
+    source, target, proxy, engine = faulty_source
+    repo = unique("liar")
+    image = make_image(seed=repo)
+    push_image(source, repo, "v1", image)
+    proxy.arm(Fault("digest", path_contains="/manifests/"))
+
+    with pytest.raises(DigestMismatch) as refused:
+        engine.copy(repo, "v1")
+
+    assert "sha256:" + "0" * 64 in str(refused.value)
+    assert target_manifest_missing(target, repo, "v1")
+    assert target_manifest_missing(target, repo, image.digest)
+
+
+def test_target_restarted_mid_copy_leaves_no_manifest_and_the_next_attempt_completes():
+    with RegistryServer() as source, RegistryServer() as target, FaultProxy(source.host) as proxy:
+        engine = Engine(proxy.host, None, target.host, None, retry=FAST_RETRY)
+        try:
+            repo = unique("restarted")
+            image = make_image(layers=3, layer_size=20_000_000, seed=repo)
+            push_image(source, repo, "v1", image)
+            proxy.arm(Fault("slow", path_contains="/blobs/", methods=("GET",), rate=20_000_000))
+            errors: list[RegistryError] = []
+
+            def run() -> None:
+                try:
+                    engine.copy(repo, "v1", timeout=20)
+                except RegistryError as exc:
+                    errors.append(exc)
+
+            copying = threading.Thread(target=run)
+            copying.start()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not any(r.method == "POST" for r in target.requests()):
+                time.sleep(0.02)
+            time.sleep(0.3)
+            target.kill()
+            time.sleep(0.5)
+            target.restart()
+            copying.join(timeout=40)
+            if errors:  # the attempt in flight failed cleanly: nothing half-copied is there
+                assert target_manifest_missing(target, repo, "v1")
+            proxy.arm(None)
+            result = engine.copy(repo, "v1")
+            assert result.digest == image.digest
+            assert not target_manifest_missing(target, repo, "v1")
+        finally:
+            engine.close()
