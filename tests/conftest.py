@@ -1,4 +1,4 @@
-"""Real registries on loopback, shared by the whole test session.
+"""Real registries on loopback, shared by the whole test session (integration and e2e).
 
 Each fixture starts its server once; the helpers call require_binary, so without
 docker-registry (or htpasswd, openssl) these tests skip locally and fail in CI.

@@ -45,6 +45,16 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _get(connection: http.client.HTTPConnection, path: str) -> tuple[int, str, bytes]:
+    """One GET on a fresh connection, closed afterwards."""
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.getheader("Content-Type", ""), response.read()
+    finally:
+        connection.close()
+
+
 class ApiServerConnection(http.client.HTTPSConnection):
     """HTTPS to 127.0.0.1 that trusts only ``ca_file`` and checks the certificate names SERVICE_NAME."""
 
@@ -166,23 +176,11 @@ class Webhook:
 
     def get(self, path: str) -> tuple[int, str, bytes]:
         """GET on the webhook (TLS) port: (status, content type, body)."""
-        connection = self.connect()
-        try:
-            connection.request("GET", path)
-            response = connection.getresponse()
-            return response.status, response.getheader("Content-Type", ""), response.read()
-        finally:
-            connection.close()
+        return _get(self.connect(), path)
 
     def health(self, path: str) -> tuple[int, str, bytes]:
         """GET on the plain-HTTP health port: (status, content type, body)."""
-        connection = http.client.HTTPConnection("127.0.0.1", self.health_port, timeout=HTTP_TIMEOUT_SECONDS)
-        try:
-            connection.request("GET", path)
-            response = connection.getresponse()
-            return response.status, response.getheader("Content-Type", ""), response.read()
-        finally:
-            connection.close()
+        return _get(http.client.HTTPConnection("127.0.0.1", self.health_port, timeout=HTTP_TIMEOUT_SECONDS), path)
 
     # what it said ---------------------------------------------------------------------
 
@@ -202,18 +200,6 @@ def zipapp() -> Path:
                           timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     return ZIPAPP
-
-
-@pytest.fixture(scope="session")
-def registry_noauth() -> Iterator[RegistryServer]:
-    with RegistryServer() as registry:
-        yield registry
-
-
-@pytest.fixture(scope="session")
-def registry_basic() -> Iterator[RegistryServer]:
-    with RegistryServer(auth="basic") as registry:
-        yield registry
 
 
 @pytest.fixture(scope="session")

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from imgrep.copier import Copier
 from imgrep.credentials import CredentialStore
-from imgrep.errors import ManifestNotFound
+from imgrep.errors import ManifestNotFound, RegistryError
 from imgrep.registry import RegistryClient, Repo
 from imgrep.retry import RetryPolicy
 from imgrep.transport import Transport
 
-__all__ = ["Engine", "FAST_RETRY", "target_manifest_missing"]
+__all__ = ["Engine", "FAST_RETRY", "target_manifest_missing", "copy_until_interrupted"]
 
 #: fault tests give up fast; the production policy waits longer between attempts
 FAST_RETRY = RetryPolicy(attempts=2, backoff=0.05, max_backoff=0.1)
@@ -55,3 +56,27 @@ def target_manifest_missing(target, repo: str, digest: str) -> bool:
     finally:
         transport.close()
     return False
+
+
+def copy_until_interrupted(engine: Engine, repo: str, target, interrupt) -> list[RegistryError]:
+    """Copy ``repo:v1`` in a thread; once ``target`` has opened an upload, call ``interrupt()``.
+
+    Returns the errors the copy ended with (empty when it survived the interruption).
+    """
+    errors: list[RegistryError] = []
+
+    def run() -> None:
+        try:
+            engine.copy(repo, "v1", timeout=20)
+        except RegistryError as exc:
+            errors.append(exc)
+
+    copying = threading.Thread(target=run)
+    copying.start()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any(r.path.endswith("/blobs/uploads/") for r in target.requests()):
+        time.sleep(0.02)
+    time.sleep(0.3)  # blobs are moving now
+    interrupt()
+    copying.join(timeout=40)
+    return errors

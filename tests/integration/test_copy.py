@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
 import uuid
 
@@ -12,7 +11,7 @@ import pytest
 from imgrep.copier import signature_tags
 from imgrep.errors import DigestMismatch, ManifestNotFound, RegistryError
 from imgrep.registry import Repo
-from tests.helpers.engine import FAST_RETRY, Engine, target_manifest_missing
+from tests.helpers.engine import FAST_RETRY, Engine, copy_until_interrupted, target_manifest_missing
 from tests.helpers.faultproxy import Fault, FaultProxy
 from tests.helpers.images import make_image, make_index, push_image
 from tests.helpers.registry import RegistryServer
@@ -196,22 +195,7 @@ def test_source_killed_mid_copy_leaves_no_manifest_and_next_attempt_reuses_blobs
             # the layers trickle, and are larger than socket buffers hold, so the kill
             # lands while they are moving
             proxy.arm(Fault("slow", path_contains="/blobs/", methods=("GET",), rate=20_000_000))
-            errors: list[BaseException] = []
-
-            def run() -> None:
-                try:
-                    engine.copy(repo, "v1", timeout=20)
-                except RegistryError as exc:
-                    errors.append(exc)
-
-            copier_thread = threading.Thread(target=run)
-            copier_thread.start()
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and not any(r.path.endswith("/blobs/uploads/") for r in target.requests()):
-                time.sleep(0.02)
-            time.sleep(0.3)
-            source.kill()
-            copier_thread.join(timeout=40)
+            errors = copy_until_interrupted(engine, repo, target, source.kill)
             assert errors, "the copy should fail while the source is down"
             assert target_manifest_missing(target, repo, "v1")
             assert target_manifest_missing(target, repo, image.digest)

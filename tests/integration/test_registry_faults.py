@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 
 import pytest
 
-from imgrep.errors import DigestMismatch, RegistryError
-from tests.helpers.engine import FAST_RETRY, Engine, target_manifest_missing
+from imgrep.errors import DigestMismatch
+from tests.helpers.engine import FAST_RETRY, Engine, copy_until_interrupted, target_manifest_missing
 from tests.helpers.faultproxy import Fault, FaultProxy
 from tests.helpers.images import make_image, push_image
 from tests.helpers.registry import RegistryServer
@@ -71,24 +70,12 @@ def test_target_restarted_mid_copy_leaves_no_manifest_and_the_next_attempt_compl
             image = make_image(layers=3, layer_size=20_000_000, seed=repo)
             push_image(source, repo, "v1", image)
             proxy.arm(Fault("slow", path_contains="/blobs/", methods=("GET",), rate=20_000_000))
-            errors: list[RegistryError] = []
+            def restart_target() -> None:
+                target.kill()
+                time.sleep(0.5)
+                target.restart()
 
-            def run() -> None:
-                try:
-                    engine.copy(repo, "v1", timeout=20)
-                except RegistryError as exc:
-                    errors.append(exc)
-
-            copying = threading.Thread(target=run)
-            copying.start()
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and not any(r.method == "POST" for r in target.requests()):
-                time.sleep(0.02)
-            time.sleep(0.3)
-            target.kill()
-            time.sleep(0.5)
-            target.restart()
-            copying.join(timeout=40)
+            errors = copy_until_interrupted(engine, repo, target, restart_target)
             if errors:  # the attempt in flight failed cleanly: nothing half-copied is there
                 assert target_manifest_missing(target, repo, "v1")
             proxy.arm(None)

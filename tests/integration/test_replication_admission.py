@@ -81,6 +81,20 @@ def admission(registry_token, registry_basic):
     admission.close()
 
 
+@pytest.fixture()
+def proxied(registry_basic):
+    """A no-auth source behind a fault proxy; ``admission(**settings)`` builds webhooks in front of it."""
+    built: list[Admission] = []
+    with RegistryServer() as source, FaultProxy(source.host) as proxy:
+        def admission(**settings: str) -> Admission:
+            built.append(Admission(proxy.host, None, registry_basic, **settings))
+            return built[-1]
+
+        yield source, proxy, admission
+        for each in built:
+            each.close()
+
+
 def target_digest(target, repo: str, tag: str) -> str:
     raw = inspect_raw(f"docker://{target.host}/mirror/{repo}:{tag}", creds=target.credentials)
     return "sha256:" + hashlib.sha256(raw).hexdigest()
@@ -125,67 +139,58 @@ def test_dry_run_checks_but_never_copies(admission, registry_token, registry_bas
     assert missing["allowed"] is False and "not found" in missing["status"]["message"]
 
 
-def test_slow_copy_is_denied_as_replicating_then_allowed_once_done(registry_basic):
-    with RegistryServer() as source, FaultProxy(source.host) as proxy:
-        repo = unique("slow")
-        push_image(source, repo, "v1", make_image(layers=1, layer_size=6_000_000, seed=repo))
-        proxy.arm(Fault("slow", path_contains="/blobs/", methods=("GET",), rate=3_000_000))
-        admission = Admission(proxy.host, None, registry_basic, ADMISSION_BUDGET_SECONDS="0.5")
-        try:
-            image = f"{proxy.host}/{repo}:v1"
-            first = admission.admit(image)
-            assert first["allowed"] is False
-            assert "replicating, retry shortly" in first["status"]["message"]
-            assert "MiB" in first["status"]["message"]  # progress
-            deadline = time.monotonic() + 20
-            response = first
-            while time.monotonic() < deadline and not response["allowed"]:
-                time.sleep(0.3)
-                response = admission.admit(image)
-            assert response["allowed"] is True
-            assert admission.replications("copied") == 1
-        finally:
-            admission.close()
+def test_slow_copy_is_denied_as_replicating_then_allowed_once_done(proxied):
+    source, proxy, admission_for = proxied
+    repo = unique("slow")
+    push_image(source, repo, "v1", make_image(layers=1, layer_size=6_000_000, seed=repo))
+    proxy.arm(Fault("slow", path_contains="/blobs/", methods=("GET",), rate=3_000_000))
+    admission = admission_for(ADMISSION_BUDGET_SECONDS="0.5")
+    image = f"{proxy.host}/{repo}:v1"
+    first = admission.admit(image)
+    assert first["allowed"] is False
+    assert "replicating, retry shortly" in first["status"]["message"]
+    assert "MiB" in first["status"]["message"]  # progress
+    deadline = time.monotonic() + 20
+    response = first
+    while time.monotonic() < deadline and not response["allowed"]:
+        time.sleep(0.3)
+        response = admission.admit(image)
+    assert response["allowed"] is True
+    assert admission.replications("copied") == 1
 
 
-def test_failed_copy_is_reported_and_not_hammered(registry_basic):
-    with RegistryServer() as source, FaultProxy(source.host) as proxy:
-        repo = unique("corrupt")
-        image = make_image(layers=1, layer_size=200_000, seed=repo)
-        push_image(source, repo, "v1", image)
-        proxy.arm(Fault("flip", path_contains=image.layers[0].digest, methods=("GET",)))
-        admission = Admission(proxy.host, None, registry_basic)
-        try:
-            first = admission.admit(f"{proxy.host}/{repo}:v1")
-            assert first["allowed"] is False
-            assert "replication failed" in first["status"]["message"]
-            assert image.layers[0].digest in first["status"]["message"]
-            hits = proxy.hits
-            second = admission.admit(f"{proxy.host}/{repo}:v1")
-            assert second["allowed"] is False and "replication failed" in second["status"]["message"]
-            assert proxy.hits == hits, "a failed copy is retried only after its backoff"
-            assert admission.replications("failed") == 1
-        finally:
-            admission.close()
+def test_failed_copy_is_reported_and_not_hammered(proxied):
+    source, proxy, admission_for = proxied
+    repo = unique("corrupt")
+    image = make_image(layers=1, layer_size=200_000, seed=repo)
+    push_image(source, repo, "v1", image)
+    proxy.arm(Fault("flip", path_contains=image.layers[0].digest, methods=("GET",)))
+    admission = admission_for()
+    first = admission.admit(f"{proxy.host}/{repo}:v1")
+    assert first["allowed"] is False
+    assert "replication failed" in first["status"]["message"]
+    assert image.layers[0].digest in first["status"]["message"]
+    hits = proxy.hits
+    second = admission.admit(f"{proxy.host}/{repo}:v1")
+    assert second["allowed"] is False and "replication failed" in second["status"]["message"]
+    assert proxy.hits == hits, "a failed copy is retried only after its backoff"
+    assert admission.replications("failed") == 1
 
 
-def test_unreachable_source_is_allowed_with_a_warning_when_the_target_holds_the_tag(registry_basic):
-    with RegistryServer() as source, FaultProxy(source.host) as proxy:
-        repo = unique("vouched")
-        push_image(source, repo, "v1", make_image(seed=repo))
-        admission = Admission(proxy.host, None, registry_basic, CACHE_TTL_SECONDS="0")
-        try:
-            assert admission.admit(f"{proxy.host}/{repo}:v1")["allowed"] is True
-            proxy.arm(Fault("status", status=503))
+def test_unreachable_source_is_allowed_with_a_warning_when_the_target_holds_the_tag(proxied):
+    source, proxy, admission_for = proxied
+    repo = unique("vouched")
+    push_image(source, repo, "v1", make_image(seed=repo))
+    admission = admission_for(CACHE_TTL_SECONDS="0")
+    assert admission.admit(f"{proxy.host}/{repo}:v1")["allowed"] is True
+    proxy.arm(Fault("status", status=503))
 
-            response = admission.admit(f"{proxy.host}/{repo}:v1")
+    response = admission.admit(f"{proxy.host}/{repo}:v1")
 
-            assert response["allowed"] is True
-            assert any("registry unreachable" in w for w in response["warnings"])
-            other = admission.admit(f"{proxy.host}/{repo}:never-copied")
-            assert other["allowed"] is False and "registry unreachable" in other["status"]["message"]
-        finally:
-            admission.close()
+    assert response["allowed"] is True
+    assert any("registry unreachable" in w for w in response["warnings"])
+    other = admission.admit(f"{proxy.host}/{repo}:never-copied")
+    assert other["allowed"] is False and "registry unreachable" in other["status"]["message"]
 
 
 def test_audit_mode_copies_and_always_allows(registry_token, registry_basic):
