@@ -100,6 +100,13 @@ def run_clients(port: int, ca_file: str, body: bytes, clients: int, seconds: flo
     return latencies, time.monotonic() - started
 
 
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
@@ -147,7 +154,9 @@ def main() -> int:
             body = pod_review(images[0])
             mark = registry.mark()
             single, single_wall = run_clients(port, str(certs.ca_cert), body, 1, args.seconds)
+            warm_rss = rss_mib(server.pid)
             many, many_wall = run_clients(port, str(certs.ca_cert), body, args.clients, args.seconds)
+            end_rss = rss_mib(server.pid)
             warm_registry = len(registry.requests_since(mark))
         finally:
             server.send_signal(signal.SIGTERM)
@@ -160,6 +169,8 @@ def main() -> int:
     print(f"warm path, {args.clients} clients: {len(many) / many_wall:7.0f} req/s  p50 {percentile(many, .5) * 1e3:.2f} ms"
           f"  p99 {percentile(many, .99) * 1e3:.2f} ms")
     print(f"registry requests during {len(single) + len(many)} warm admissions: {warm_registry}")
+    print(f"server RSS after warm-up {warm_rss:.1f} MiB, after the {args.clients}-client run {end_rss:.1f} MiB "
+          f"({(end_rss / warm_rss - 1) * 100:+.1f}%)")
     return 0
 
 

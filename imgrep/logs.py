@@ -7,6 +7,7 @@ so lines from concurrent threads never interleave.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 import time
@@ -15,6 +16,8 @@ from typing import Any, TextIO
 __all__ = ["Logger"]
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+#: printable characters that would still break key=value parsing
+_NEEDS_QUOTES = re.compile(r'[ "=]')
 
 
 def _text_value(value: Any) -> str:
@@ -26,7 +29,7 @@ def _text_value(value: Any) -> str:
         value = f"{value:.4f}".rstrip("0").rstrip(".")
     text = str(value)
     # control characters (CR, tab, ...) are escaped too, so no value can forge or split a line
-    if not text or any(c in ' "=' or not c.isprintable() for c in text):
+    if not text or not text.isprintable() or _NEEDS_QUOTES.search(text):
         return json.dumps(text)
     return text
 

@@ -11,6 +11,7 @@ and credentials lookups; the name length is measured on that canonical form.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from dataclasses import dataclass
 
@@ -111,6 +112,12 @@ def parse_reference(text: str) -> Reference:
     """Parse and normalise ``text``; raise InvalidReference naming the first problem."""
     if not isinstance(text, str):
         raise InvalidReference(repr(text), "reference must be a string")
+    return _parse(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(text: str) -> Reference:
+    """Cached: admission sees the same few images over and over, and a Reference is immutable."""
     if not text:
         raise InvalidReference(text, "empty reference")
     if any(char.isspace() for char in text):
