@@ -28,7 +28,7 @@ __all__ = ["Replicator", "target_repository", "failure_backoff"]
 
 #: copy jobs (whole images) at once; their blobs share the copy pool
 MAX_JOBS = 8
-#: replicated (target, digest) pairs remembered, so warm admissions ask no registry
+#: replicated (target, digest) pairs remembered (CACHE_TTL_SECONDS each), so warm admissions ask no registry
 MAX_REMEMBERED = 10000
 
 
@@ -69,6 +69,7 @@ class Replicator:
         *,
         include_registry: bool,
         timeout: float,
+        remember_seconds: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
         on_done: Callable[[Reference, CopyResult | None, float, str], None] = lambda *args: None,
     ):
@@ -77,6 +78,7 @@ class Replicator:
         self.target = target
         self.include_registry = include_registry
         self.timeout = timeout
+        self.remember_seconds = remember_seconds
         self.clock = clock
         self.on_done = on_done
         self._jobs: dict[str, _Job] = {}
@@ -147,7 +149,9 @@ class Replicator:
         with self._lock:
             self._failures.pop(key, None)
             self._jobs.pop(key, None)
-        self._replicated.put(f"{self.target_repo(ref)}@{result.digest}", REPLICATED, float("inf"), self.clock())
+        # trusted for a while, then confirmed with one HEAD: someone may delete it from the target
+        self._replicated.put(f"{self.target_repo(ref)}@{result.digest}", REPLICATED, self.remember_seconds,
+                             self.clock())
         self.on_done(ref, result, self.clock() - started, "")
         return result
 
