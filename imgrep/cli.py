@@ -1,4 +1,4 @@
-"""Command line: ``serve`` (default), ``check IMAGE...``, ``--version``, ``--help``.
+"""Command line: ``serve`` (default), ``check IMAGE...``, ``copy``, ``inventory``, ``--version``, ``--help``.
 
 Builds the config once and wires the pieces; the only place besides the servers
 where a broad ``except`` turns failures into an exit code and one line on stderr.
@@ -14,8 +14,12 @@ import ssl
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from http.client import HTTPException
+from urllib.parse import urlencode, urlsplit
 
 from . import __version__
 from .checker import ImageChecker
@@ -23,11 +27,14 @@ from .copier import Copier, CopyResult, Progress
 from .results import ERROR, EXISTS
 from .config import Config, load_config
 from .errors import ConfigError, ImgrepError
+from .inventory import (SORT_KEYS, BadQuery, Inventory, entry_from_dict, parse_query, render_csv, render_json,
+                        render_table)
+from .inventory_store import InventoryStore
 from .logs import Logger
 from .reference import Reference, parse_reference
 from .registry import RegistryClient, Repo
 from .replicator import Replicator
-from .server import App, CertificateReloader, HttpServer, Lifecycle
+from .server import QUERY, App, CertificateReloader, HttpServer, Lifecycle
 from .telemetry import Telemetry
 from .transport import Transport
 from .webhook import JSON, Webhook
@@ -37,6 +44,9 @@ __all__ = ["main"]
 
 #: seconds the ``check`` command gives the registries
 CHECK_TIMEOUT = 60.0
+#: seconds the ``inventory`` command waits for GET /images
+INVENTORY_TIMEOUT = 30.0
+CSV = "text/csv; charset=utf-8"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,6 +66,15 @@ def _parser() -> argparse.ArgumentParser:
     copy.add_argument("source", metavar="SOURCE")
     copy.add_argument("target", metavar="TARGET", help="without a tag, the source's tag (or digest) is used")
     copy.add_argument("--progress", action="store_true", help="show bytes copied on stderr")
+    inventory = commands.add_parser("inventory", help="print a running webhook's image inventory as a table")
+    inventory.add_argument("--url", default="http://127.0.0.1:8080",
+                           help="the webhook's health port (default: %(default)s)")
+    inventory.add_argument("--sort", choices=SORT_KEYS, default="last_seen",
+                           help="most recent first, most admissions first, or by registry (default: %(default)s)")
+    inventory.add_argument("--namespace", help="only images seen in this namespace (comma list: any of them)")
+    inventory.add_argument("--registry", help="only images from this registry host (comma list: any of them)")
+    inventory.add_argument("--status", help="only images with this status: exists, missing, error, replicated "
+                                            "or unchecked (comma list: any of them)")
     return parser
 
 
@@ -91,7 +110,7 @@ def build_runtime(config: Config) -> Runtime:
     replicator = None
     if config.target:
         replicator = Replicator(copier, client, config.target, include_registry=config.target_include_registry,
-                                timeout=config.replication_timeout_seconds,
+                                timeout=config.replication_timeout_seconds, remember_seconds=config.cache_ttl_seconds,
                                 on_done=_replication_recorder(config, telemetry, logger))
     return Runtime(config, logger, telemetry, transport, client, checker, copier, replicator)
 
@@ -165,6 +184,82 @@ def _report_progress(progress: Progress, done: threading.Event) -> None:
     sys.stderr.write(("\r" if terminal else "") + f"copied {progress.describe()}\n")
 
 
+def _images_url(base: str, filters: dict[str, str | None]) -> str:
+    """``http://host:8080`` (or ``.../images``) and the filters given → the GET /images URL."""
+    parts = urlsplit(base)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected http://HOST:PORT, got {base!r}")
+    parts.port  # noqa: B018 -- the property raises ValueError for a port that is not a number in range
+    path = parts.path.rstrip("/")
+    path = path if path.endswith("/images") else path + "/images"
+    query = urlencode({name: value for name, value in filters.items() if value})
+    return f"{parts.scheme}://{parts.netloc}{path}" + (f"?{query}" if query else "")
+
+
+def _server_reason(body: bytes) -> str:
+    try:
+        return str(json.loads(body)["error"])
+    except (ValueError, KeyError, TypeError):
+        return body.decode("utf-8", "replace").strip()[:200]
+
+
+def run_inventory(url: str, sort: str, filters: dict[str, str | None]) -> int:
+    """GET /images from a running webhook and print it as an aligned table."""
+    try:
+        images_url = _images_url(url, filters)
+    except ValueError as exc:
+        print(f"imgrep: --url: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with urllib.request.urlopen(images_url, timeout=INVENTORY_TIMEOUT) as response:
+            body = response.read()
+    except urllib.error.HTTPError as exc:
+        print(f"imgrep: {images_url}: HTTP {exc.code}: {_server_reason(exc.read())}", file=sys.stderr)
+        return 2
+    except urllib.error.URLError as exc:
+        print(f"imgrep: cannot reach {url}: {getattr(exc.reason, 'strerror', None) or exc.reason}", file=sys.stderr)
+        return 2
+    except (OSError, HTTPException) as exc:
+        print(f"imgrep: cannot reach {url}: {exc or type(exc).__name__}", file=sys.stderr)
+        return 2
+    try:
+        entries = [entry_from_dict(item) for item in json.loads(body)["images"]]
+    except (ValueError, KeyError, TypeError):
+        print(f"imgrep: {images_url}: not an imgrep inventory", file=sys.stderr)
+        return 2
+    if not entries:
+        print("imgrep: no images match", file=sys.stderr)
+        return 0
+    sys.stdout.write(render_table(entries, sort))
+    return 0
+
+
+def images_route(inventory: Inventory):
+    """``GET /images`` (SPEC "Inventory"): filters from the query string, JSON or ``format=csv``."""
+    def images(_body, headers):
+        try:
+            query = parse_query(headers.get(QUERY, ""))
+        except BadQuery as exc:
+            return 400, JSON, json.dumps({"error": str(exc)}).encode()
+        entries = inventory.query(query)
+        return (200, CSV, render_csv(entries)) if query.format == "csv" else (200, JSON, render_json(entries))
+    return images
+
+
+def open_inventory(runtime: Runtime) -> tuple[Inventory, InventoryStore | None]:
+    """The serving process's inventory, read back from INVENTORY_FILE when set.
+
+    Only ``serve`` opens the file: a ``check`` run in the same pod must not append to or compact it.
+    """
+    inventory = Inventory(runtime.config.inventory_max)
+    store = None
+    if runtime.config.inventory_file:
+        store = InventoryStore(runtime.config.inventory_file, inventory, runtime.logger)
+        store.open()
+    runtime.telemetry.inventory_images.set(len(inventory))
+    return inventory, store
+
+
 def _json(document: object) -> tuple[int, str, bytes]:
     return 200, JSON, json.dumps(document).encode()
 
@@ -183,7 +278,9 @@ class ListenError(ImgrepError):
 def run_serve(runtime: Runtime) -> int:
     config, logger = runtime.config, runtime.logger
     lifecycle = Lifecycle()
-    webhook = Webhook(config, runtime.checker, runtime.telemetry, logger, replicator=runtime.replicator)
+    inventory, inventory_store = open_inventory(runtime)
+    webhook = Webhook(config, runtime.checker, runtime.telemetry, logger, replicator=runtime.replicator,
+                      inventory=inventory, inventory_store=inventory_store)
 
     def metrics(_body, _headers):
         return 200, METRICS_CONTENT_TYPE, runtime.telemetry.render()
@@ -207,8 +304,8 @@ def run_serve(runtime: Runtime) -> int:
         except (OSError, ValueError) as exc:
             raise ConfigError("TLS_CERT_PATH", f"cannot load certificate and key: {exc}") from None
     common = {("GET", "/healthz"): healthz, ("GET", "/metrics"): metrics}
-    health = _listen("HEALTH_PORT", config.health_port, App({**common, ("GET", "/readyz"): readyz}, logger),
-                     logger, lifecycle)
+    health_routes = {**common, ("GET", "/readyz"): readyz, ("GET", "/images"): images_route(inventory)}
+    health = _listen("HEALTH_PORT", config.health_port, App(health_routes, logger), logger, lifecycle)
     server = _listen("PORT", config.port, App({**common, ("POST", "/validate"): validate}, logger), logger,
                      lifecycle, certificates=certificates, max_connections=config.max_connections)
     signals: list[int] = []
@@ -227,6 +324,8 @@ def run_serve(runtime: Runtime) -> int:
     # an answer in progress needs at most the admission budget
     server.drain(grace=config.admission_budget_seconds + 2)
     health.drain(grace=1)
+    if inventory_store is not None:
+        inventory_store.close()
     logger.info("stopped")
     # Background lookups and copies are abandoned, not awaited: each is safe to
     # interrupt (nothing half-copied is ever tagged), and waiting could outlast
@@ -238,6 +337,9 @@ def run_serve(runtime: Runtime) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "inventory":  # a plain HTTP client: the webhook's environment is not needed
+        return run_inventory(args.url, args.sort,
+                             {"namespace": args.namespace, "registry": args.registry, "status": args.status})
     try:
         runtime = build_runtime(load_config(os.environ))
         if args.command == "check":

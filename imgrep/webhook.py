@@ -1,6 +1,8 @@
 """The admission endpoint's work: decode, triage, check, decide, record, answer.
 
 HTTP-agnostic: the server hands over the body and sends back what this returns.
+Every image of every request that decodes reaches the inventory, skipped and
+excluded ones included (SPEC "Inventory").
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from .checker import ImageChecker
 from .results import CheckResult
 from .config import Config
 from .errors import BadAdmissionReview
+from .inventory import Inventory
+from .inventory_store import InventoryStore
 from .logs import Logger
 from .policy import Decision, decide, triage
 from .replicator import Replicator
@@ -39,6 +43,9 @@ class Webhook:
         logger: Logger,
         clock: Callable[[], float] = time.monotonic,
         replicator: Replicator | None = None,
+        inventory: Inventory | None = None,
+        inventory_store: InventoryStore | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ):
         self.config = config
         self.checker = checker
@@ -46,6 +53,9 @@ class Webhook:
         self.telemetry = telemetry
         self.logger = logger
         self.clock = clock
+        self.inventory = inventory if inventory is not None else Inventory(config.inventory_max)
+        self.inventory_store = inventory_store
+        self.wall_clock = wall_clock
 
     def handle(self, body: bytes, content_type: str) -> tuple[int, bytes]:
         """(HTTP status, JSON body): 200 with an AdmissionReview, or 4xx with a one-line reason."""
@@ -55,7 +65,8 @@ class Webhook:
             if content_type.split(";")[0].strip().lower() != JSON:
                 raise BadAdmissionReview("Content-Type must be application/json", status=415)
             request = decode_review(body)
-            decision = self._decide(request, started + self.config.admission_budget_seconds)
+            decision, results = self._decide(request, started + self.config.admission_budget_seconds)
+            self._remember(request, results)
         except BadAdmissionReview as exc:
             self.logger.warning("bad_request", reason=exc.reason, status=exc.status)
             return exc.status, _error_body(exc.reason)
@@ -66,15 +77,30 @@ class Webhook:
         return 200, encode_response(request.api_version, request.uid, decision.allowed,
                                     decision.message, decision.warnings)
 
-    def _decide(self, request: AdmissionRequest, deadline: float) -> Decision:
+    def _decide(self, request: AdmissionRequest, deadline: float) -> tuple[Decision, list[CheckResult]]:
+        """The decision and the check results behind it (none when triage allowed at once)."""
         passed = triage(request, self.config.excluded_namespaces)
         if passed is not None:
-            return Decision(True, passed.reason)
+            return Decision(True, passed.reason), []
         results = self.checker.check_all(list(request.new_images), deadline)
         self._count_checks(results)
         if self.replicator is not None and not request.dry_run:  # sideEffects: NoneOnDryRun
             results = self.replicator.replicate_all(results, deadline)
-        return decide(request, results, mode=self.config.mode, error_policy=self.config.registry_error_policy)
+        decision = decide(request, results, mode=self.config.mode, error_policy=self.config.registry_error_policy)
+        return decision, results
+
+    def _remember(self, request: AdmissionRequest, results: list[CheckResult]) -> None:
+        """Every image of the request; those not checked this time (skipped, excluded, already in
+        oldObject) keep what is known of them, or go in as unchecked."""
+        if not request.images:
+            return
+        recorded = self.inventory.record(request.images, namespace=request.namespace, kind=request.kind,
+                                         now=self.wall_clock(), results={r.image: r for r in results})
+        if recorded.evicted:
+            self.telemetry.inventory_evictions.inc(recorded.evicted)
+        self.telemetry.inventory_images.set(recorded.size)
+        if self.inventory_store is not None:
+            self.inventory_store.append(recorded.entries)
 
     def _count_checks(self, results: list[CheckResult]) -> None:
         for result in results:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import secrets
 import signal
 import socket
 import ssl
@@ -24,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.certs import CertPaths, make_ca_and_cert
+from tests.helpers.images import make_image, make_index, push_image
 from tests.helpers.registry import RegistryServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -237,3 +239,19 @@ def start_webhook(zipapp: Path, base_env: dict[str, str], tmp_path: Path):
     yield start
     for instance in started:
         instance.stop()
+
+
+@pytest.fixture(scope="module")
+def present(registry_noauth: RegistryServer) -> str:
+    """An image that exists in the unauthenticated registry."""
+    repository = f"e2e/{secrets.token_hex(4)}"
+    push_image(registry_noauth, repository, "v1", make_image(seed="e2e-present"))
+    return f"{registry_noauth.host}/{repository}:v1"
+
+
+@pytest.fixture(scope="module")
+def private(registry_basic: RegistryServer) -> str:
+    """An image that exists only behind basic auth (the webhook has the credentials)."""
+    repository = f"e2e/{secrets.token_hex(4)}"
+    push_image(registry_basic, repository, "v1", make_index(seed="e2e-private"))
+    return f"{registry_basic.host}/{repository}:v1"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import threading
 import time
-import uuid
 from pathlib import Path
 
+from tests.e2e.reviews import pod, review
 from tests.helpers.certs import issue_cert
 from tests.helpers.images import make_image, push_image
 
@@ -21,14 +21,6 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError("no VmRSS")
-
-
-def pod(image: str) -> dict:
-    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-            "request": {"uid": str(uuid.uuid4()), "kind": {"kind": "Pod"}, "operation": "CREATE",
-                        "namespace": "default",
-                        "object": {"metadata": {"name": "load"},
-                                   "spec": {"containers": [{"name": "c", "image": image}]}}}}
 
 
 class Load:
@@ -46,7 +38,7 @@ class Load:
         try:
             while not self.stop.is_set():
                 try:
-                    allowed = self.webhook.admit(pod(self.image), connection)["response"]["allowed"]
+                    allowed = self.webhook.admit(review(pod(self.image)), connection)["response"]["allowed"]
                 except Exception:  # noqa: BLE001 - any failure is what this test counts
                     allowed = False
                     connection.close()
@@ -126,7 +118,7 @@ def test_certificate_renewed_under_load_fails_no_handshake(start_webhook, regist
             connection = webhook.connect()
             try:
                 served.add(connection.peer_certificate())
-                assert webhook.admit(pod(image), connection)["response"]["allowed"]
+                assert webhook.admit(review(pod(image)), connection)["response"]["allowed"]
                 handshakes += 1
             except Exception:  # noqa: BLE001 - any failure is what this test counts
                 failures += 1

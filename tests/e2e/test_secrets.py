@@ -6,18 +6,10 @@ import base64
 import json
 import uuid
 
+from tests.e2e.reviews import pod, review
 from tests.helpers.images import make_image, push_image
 from tests.helpers.tokenserver import TokenServer
 from tests.helpers.registry import RegistryServer
-
-
-def review(*images: str, namespace: str = "default") -> dict:
-    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-            "request": {"uid": str(uuid.uuid4()), "kind": {"kind": "Pod"}, "operation": "CREATE",
-                        "namespace": namespace,
-                        "object": {"metadata": {"name": "p"},
-                                   "spec": {"containers": [{"name": f"c{i}", "image": image}
-                                                           for i, image in enumerate(images)]}}}}
 
 
 def test_secrets_appear_nowhere_in_output_metrics_or_answers(start_webhook, registry_basic):
@@ -41,10 +33,10 @@ def test_secrets_appear_nowhere_in_output_metrics_or_answers(start_webhook, regi
                                 REGISTRY_REFUSED_URL="127.0.0.1:4", REGISTRY_REFUSED_USERNAME="u",
                                 REGISTRY_REFUSED_PASSWORD=basic_password)
         answers = [
-            webhook.admit(review(f"{bearer.host}/team/app:v1", f"{registry_basic.host}/team/app:v1")),
-            webhook.admit(review(f"{bearer.host}/team/missing:v1", f"{registry_basic.host}/team/app:nope")),
-            webhook.admit(review("127.0.0.1:2/x:1", "127.0.0.1:3/y:2", "127.0.0.1:4/z:3")),
-            webhook.admit(review(f"{bearer.host}/team/app:v1", namespace="kube-system")),
+            webhook.admit(review(pod(f"{bearer.host}/team/app:v1", f"{registry_basic.host}/team/app:v1"))),
+            webhook.admit(review(pod(f"{bearer.host}/team/missing:v1", f"{registry_basic.host}/team/app:nope"))),
+            webhook.admit(review(pod("127.0.0.1:2/x:1", "127.0.0.1:3/y:2", "127.0.0.1:4/z:3"))),
+            webhook.admit(review(pod(f"{bearer.host}/team/app:v1", namespace="kube-system"))),
         ]
         assert answers[0]["response"]["allowed"] is True  # the credentials really were used
         metrics = webhook.health("/metrics")[2].decode()
