@@ -71,7 +71,7 @@ class ImageChecker:
             # it is forgotten, so a key in neither place truly needs a new lookup
             cached = self._cache.get(key, self.clock())
             if cached is not None:
-                return replace(cached, image=image, cached=True)
+                return _as_written(cached, image)
             future = self._inflight.get(key)
             if future is not None:
                 return future
@@ -93,7 +93,7 @@ class ImageChecker:
             error = RegistryUnavailable(reference.registry, "no answer within the admission budget",
                                         repository=reference.repository)
             return result_from_error(image, reference, error)
-        return replace(slot.result(), image=image)
+        return _as_written(slot.result(), image)
 
     def _lookup(self, image: str, reference: Reference, deadline: float) -> CheckResult:
         try:
@@ -102,7 +102,7 @@ class ImageChecker:
             result = result_from_error(image, reference, exc)
         else:
             result = CheckResult(image, EXISTS, reference, digest=info.digest)
-        self._cache.put(str(reference), result, self._ttl(reference, result), self.clock())
+        self._cache.put(str(reference), replace(result, cached=True), self._ttl(reference, result), self.clock())
         return result
 
     def _ttl(self, reference: Reference, result: CheckResult) -> float:
@@ -114,3 +114,9 @@ class ImageChecker:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _as_written(result: CheckResult, image: str) -> CheckResult:
+    """The result under the spelling this request used (``nginx`` and ``docker.io/library/nginx``
+    share one lookup); the common case, the same spelling, costs no copy."""
+    return result if result.image == image else replace(result, image=image)

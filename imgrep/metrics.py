@@ -187,6 +187,11 @@ class _Family:
             self.labels()
 
     def _key(self, labels: dict[str, object]) -> tuple[str, ...]:
+        if len(labels) == len(self.labelnames):  # the hot path: exactly the declared names
+            try:
+                return tuple([str(labels[n]) for n in self.labelnames])
+            except KeyError:
+                pass
         missing = [n for n in self.labelnames if n not in labels]
         unknown = sorted(set(labels) - set(self.labelnames))
         if missing or unknown:
