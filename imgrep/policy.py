@@ -13,12 +13,15 @@ from typing import Sequence
 from .admission import WORKLOAD_KINDS, AdmissionRequest
 from .results import EXISTS, REPLICATED, CheckResult
 
-__all__ = ["Decision", "Pass", "triage", "decide", "CHECKED_SUBRESOURCES"]
+__all__ = ["Decision", "Pass", "triage", "too_many_images", "decide", "CHECKED_SUBRESOURCES", "MAX_IMAGES"]
 
 CHECKED_SUBRESOURCES = frozenset({"", "ephemeralcontainers"})
 CHECKED_OPERATIONS = frozenset({"CREATE", "UPDATE"})
 #: results that admit an image; a reason on one of them becomes a warning
 OK_STATUSES = frozenset({EXISTS, REPLICATED})
+#: distinct new images one object may bring; far above real pods, low enough that one
+#: object cannot fan out into thousands of registry requests
+MAX_IMAGES = 100
 #: Kubernetes truncates long warnings; keep each one readable in kubectl's output
 MAX_WARNING = 250
 
@@ -54,6 +57,16 @@ def triage(request: AdmissionRequest, excluded_namespaces: frozenset[str]) -> Pa
     if not request.new_images:
         return Pass("no_new_images")
     return None
+
+
+def too_many_images(request: AdmissionRequest) -> Decision | None:
+    """A denial for an object with more than MAX_IMAGES new images, checked before any registry is asked."""
+    count = len(request.new_images)
+    if count <= MAX_IMAGES:
+        return None
+    what = f"{request.kind} {request.namespace}/{request.name}".rstrip("/")
+    return Decision(False, "too_many_images",
+                    message=f"imgrep denied {what}: {count} distinct images, more than the {MAX_IMAGES} allowed")
 
 
 def _label(reason: str) -> str:

@@ -19,7 +19,7 @@ from .errors import BadAdmissionReview
 from .inventory import Inventory
 from .inventory_store import InventoryStore
 from .logs import Logger
-from .policy import Decision, decide, triage
+from .policy import Decision, decide, too_many_images, triage
 from .replicator import Replicator
 from .telemetry import Telemetry
 
@@ -82,6 +82,9 @@ class Webhook:
         passed = triage(request, self.config.excluded_namespaces)
         if passed is not None:
             return Decision(True, passed.reason), []
+        refused = too_many_images(request)
+        if refused is not None:
+            return refused, []
         results = self.checker.check_all(list(request.new_images), deadline)
         self._count_checks(results)
         if self.replicator is not None and not request.dry_run:  # sideEffects: NoneOnDryRun

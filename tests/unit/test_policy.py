@@ -8,7 +8,7 @@ import pytest
 
 from imgrep.admission import AdmissionRequest
 from imgrep.errors import InvalidReference, ManifestNotFound, RegistryUnavailable, Unauthorized
-from imgrep.policy import decide, triage
+from imgrep.policy import MAX_IMAGES, decide, too_many_images, triage
 from imgrep.reference import parse_reference
 from imgrep.results import EXISTS, CheckResult, result_from_error
 
@@ -146,3 +146,16 @@ def test_warnings_stay_short_enough_for_kubectl():
     long_detail = dataclasses.replace(UNREACHABLE, detail="x" * 1000)
     decision = decide(POD, [long_detail], mode="audit", error_policy="deny")
     assert len(decision.warnings[0]) <= 250
+
+
+def test_an_object_with_more_images_than_allowed_is_denied_before_any_check():
+    images = tuple(f"registry.example/app{i}:v1" for i in range(MAX_IMAGES + 1))
+    refused = too_many_images(request(images=images))
+    assert refused is not None and not refused.allowed and refused.reason == "too_many_images"
+    assert f"{MAX_IMAGES + 1} distinct images" in refused.message
+
+
+def test_images_already_in_old_object_do_not_count_towards_the_limit():
+    images = tuple(f"registry.example/app{i}:v1" for i in range(MAX_IMAGES + 1))
+    assert too_many_images(request(images=images, old_images=frozenset(images[:2]))) is None
+    assert too_many_images(request(images=images[:MAX_IMAGES])) is None
