@@ -11,6 +11,25 @@ die() {
     exit 1
 }
 
+# Option parsing helpers; each script defines $usage before its option loop.
+# shellcheck disable=SC2154
+show_usage() {
+    printf '%s\n' "$usage"
+    exit 0
+}
+
+# need_value FLAG ARGS...: the flag must be followed by a value.
+# shellcheck disable=SC2154
+need_value() {
+    (($# >= 2)) || die "$1 needs a value"$'\n'"$usage"
+}
+
+# shellcheck disable=SC2154
+unknown_argument() {
+    printf 'error: unknown argument: %s\n%s\n' "$1" "$usage" >&2
+    exit 2
+}
+
 # require CMD...: stop before doing anything when a tool is missing, rather than
 # half-way through an install.
 require() {

@@ -21,28 +21,22 @@ image=${IMAGE:-}
 
 while (($#)); do
     case $1 in
-    -h | --help)
-        printf '%s\n' "$usage"
-        exit 0
-        ;;
+    -h | --help) show_usage ;;
     --dry-run)
         dry_run=true
         shift
         ;;
     --cert-dir)
-        (($# >= 2)) || die "$1 needs a value"$'\n'"$usage"
+        need_value "$@"
         cert_dir=$2
         shift 2
         ;;
     --image)
-        (($# >= 2)) || die "$1 needs a value"$'\n'"$usage"
+        need_value "$@"
         image=$2
         shift 2
         ;;
-    *)
-        printf 'error: unknown argument: %s\n%s\n' "$1" "$usage" >&2
-        exit 2
-        ;;
+    *) unknown_argument "$1" ;;
     esac
 done
 

@@ -25,29 +25,23 @@ fi
 
 while (($#)); do
     case $1 in
-    -h | --help)
-        printf '%s\n' "$usage"
-        exit 0
-        ;;
+    -h | --help) show_usage ;;
     -o | --out)
-        (($# >= 2)) || die "$1 needs a value"$'\n'"$usage"
+        need_value "$@"
         out=$2
         shift 2
         ;;
     --san)
-        (($# >= 2)) || die "$1 needs a value"$'\n'"$usage"
+        need_value "$@"
         extra_sans+=("$2")
         shift 2
         ;;
     --days)
-        (($# >= 2)) || die "$1 needs a value"$'\n'"$usage"
+        need_value "$@"
         days=$2
         shift 2
         ;;
-    *)
-        printf 'error: unknown argument: %s\n%s\n' "$1" "$usage" >&2
-        exit 2
-        ;;
+    *) unknown_argument "$1" ;;
     esac
 done
 
