@@ -149,10 +149,6 @@ class CredentialStore:
     def lookup(self, registry: str) -> Credential | None:
         return self.by_registry.get(normalise_registry(registry))
 
-    def secrets(self) -> tuple[str, ...]:
-        """Every secret string, so log and response tests can prove none leaks."""
-        return tuple(s for c in self.by_registry.values() for s in c.secrets)
-
     def describe(self) -> dict[str, str]:
         """Registry → source, safe for the start-up log."""
         return {host: f"{c.source} ({c.username or 'token'})" for host, c in sorted(self.by_registry.items())}

@@ -50,8 +50,6 @@ class ParsedManifest:
     manifests: tuple[Descriptor, ...] = ()
     #: config then layers of an image manifest, foreign layers left out
     blobs: tuple[Descriptor, ...] = ()
-    #: the OCI 1.1 ``subject`` of an artifact (signatures, SBOMs)
-    subject: str = ""
 
     @property
     def is_index(self) -> bool:
@@ -91,14 +89,12 @@ def parse_manifest(body: bytes, media_type: str, registry: str) -> ParsedManifes
         kind = OCI_INDEX
     elif kind not in IMAGE_TYPES | INDEX_TYPES and "layers" in document:
         kind = OCI_MANIFEST  # an OCI artifact manifest with its own artifactType
-    subject = document.get("subject")
-    subject_digest = subject.get("digest", "") if isinstance(subject, dict) else ""
     if kind in INDEX_TYPES:
         raw = document.get("manifests")
         if not isinstance(raw, list):
             raise RegistryProtocolError(registry, "index has no manifests list")
         children = tuple(_descriptor(d, f"manifests[{i}]", registry) for i, d in enumerate(raw))
-        return ParsedManifest(kind, manifests=children, subject=subject_digest)
+        return ParsedManifest(kind, manifests=children)
     if kind in IMAGE_TYPES:
         config = _descriptor(document.get("config"), "config", registry)
         layers = document.get("layers")
@@ -108,5 +104,5 @@ def parse_manifest(body: bytes, media_type: str, registry: str) -> ParsedManifes
             d for d in (_descriptor(raw, f"layers[{i}]", registry) for i, raw in enumerate(layers))
             if d.media_type not in FOREIGN_LAYER_TYPES
         ]
-        return ParsedManifest(kind, blobs=tuple(dict.fromkeys(blobs)), subject=subject_digest)
+        return ParsedManifest(kind, blobs=tuple(dict.fromkeys(blobs)))
     raise UnsupportedManifest(registry, f"unsupported manifest media type {kind[:100]!r}")

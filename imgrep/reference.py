@@ -10,7 +10,6 @@ and credentials lookups; the name length is measured on that canonical form.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import re
 from dataclasses import dataclass
@@ -79,25 +78,6 @@ class Reference:
     def identifier(self) -> str:
         """What to ask the registry for: a digest pins content, so it wins over a tag."""
         return self.digest or self.tag
-
-    @property
-    def scope_name(self) -> str:
-        """The repository name used in token scopes (``repository:<name>:pull``)."""
-        return self.repository
-
-    def with_identifier(self, tag: str | None = None, digest: str | None = None) -> Reference:
-        """Copy with tag and digest both set to exactly the given values.
-
-        Both are validated, since digests often come from registry headers.
-        """
-        candidate = dataclasses.replace(self, tag=tag, digest=digest)
-        if tag is None and digest is None:
-            raise InvalidReference(str(candidate), "a tag or a digest is required")
-        if tag is not None:
-            _check_tag(str(candidate), tag)
-        if digest is not None:
-            _check_digest(str(candidate), digest)
-        return candidate
 
     def __str__(self) -> str:
         text = f"{self.registry}/{self.repository}"

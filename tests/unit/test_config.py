@@ -204,7 +204,8 @@ def config_with_every_kind_of_secret() -> Config:
 
 
 def test_every_secret_was_loaded():
-    assert set(config_with_every_kind_of_secret().credentials.secrets()) == set(SECRETS)
+    credentials = config_with_every_kind_of_secret().credentials.by_registry.values()
+    assert {secret for credential in credentials for secret in credential.secrets} == set(SECRETS)
 
 
 @pytest.mark.parametrize("render", [repr, str, lambda c: json.dumps(c.summary()), lambda c: repr(c.credentials)])

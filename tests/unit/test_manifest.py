@@ -54,12 +54,6 @@ def test_document_media_type_wins_over_a_generic_content_type():
     assert parsed.media_type == OCI_MANIFEST
 
 
-def test_artifact_subject_is_read():
-    body = json.loads(image(OCI_MANIFEST, [layer(B)]))
-    body["subject"] = {"mediaType": OCI_MANIFEST, "digest": C, "size": 7}
-    assert parse_manifest(json.dumps(body).encode(), OCI_MANIFEST, "r").subject == C
-
-
 @pytest.mark.parametrize("body, media_type", [
     (b'{"schemaVersion": 1, "fsLayers": []}', "application/json"),
     (b'{"schemaVersion": 2}', "application/vnd.docker.distribution.manifest.v1+prettyjws"),

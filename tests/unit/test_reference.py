@@ -204,35 +204,9 @@ def test_identifier_prefers_digest(text, identifier):
     assert parse_reference(text).identifier == identifier
 
 
-def test_scope_name_is_repository():
-    assert parse_reference("ghcr.io/org/app:v1").scope_name == "org/app"
-    assert parse_reference("nginx").scope_name == "library/nginx"
-
-
 def test_reference_is_immutable():
     ref = parse_reference("nginx")
     with pytest.raises(dataclasses.FrozenInstanceError):
         ref.tag = "other"
 
 
-def test_with_identifier_sets_both_fields_and_leaves_original():
-    ref = parse_reference("ghcr.io/org/app:v1")
-    pinned = ref.with_identifier(digest=SHA256)
-    assert pinned == Reference("ghcr.io", "org/app", None, SHA256)
-    assert ref.tag == "v1" and ref.digest is None
-    assert ref.with_identifier(tag="v1", digest=SHA256) == Reference("ghcr.io", "org/app", "v1", SHA256)
-    assert pinned.with_identifier(tag="v2") == Reference("ghcr.io", "org/app", "v2", None)
-
-
-@pytest.mark.parametrize(
-    "tag,digest,reason",
-    [
-        (None, None, "a tag or a digest is required"),
-        ("-bad", None, "invalid tag"),
-        (None, "sha256:abc", "sha256 digest must be 64 lowercase hex digits"),
-    ],
-)
-def test_with_identifier_rejects_bad_values(tag, digest, reason):
-    with pytest.raises(InvalidReference) as caught:
-        parse_reference("ghcr.io/org/app").with_identifier(tag=tag, digest=digest)
-    assert caught.value.reason == reason
