@@ -308,16 +308,16 @@ def run_serve(runtime: Runtime) -> int:
     health = _listen("HEALTH_PORT", config.health_port, App(health_routes, logger), logger, lifecycle)
     server = _listen("PORT", config.port, App({**common, ("POST", "/validate"): validate}, logger), logger,
                      lifecycle, certificates=certificates, max_connections=config.max_connections)
-    signals: list[int] = []
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        # only a list append: the handler must not take a lock the main thread may hold
-        signal.signal(signum, lambda number, _frame: signals.append(number))
+    # Blocked here, before any thread starts, so every thread inherits the mask and the
+    # signals wait for sigwait below: no handler races a lock, and the main thread
+    # sleeps without waking up (each wake-up would take the GIL from a request).
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     health.serve_in_thread()
     server.serve_in_thread()
     lifecycle.ready = True
     logger.info("started", version=__version__, config=config.summary())
-    while not signals:
-        time.sleep(0.1)
+    signal.sigwait(stop_signals)
     lifecycle.draining = True
     logger.info("draining", delay_seconds=config.shutdown_delay_seconds)
     time.sleep(config.shutdown_delay_seconds)

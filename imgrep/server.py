@@ -32,6 +32,10 @@ REQUEST_TIMEOUT = 30.0
 HANDSHAKE_TIMEOUT = 10.0
 #: certificate files are checked for renewal at most this often
 CERT_CHECK_INTERVAL = 1.0
+#: seconds between the accept loop's checks for shutdown, and between reaper rounds:
+#: each wake-up takes the GIL from requests in flight, so they are rare
+POLL_INTERVAL = 0.5
+REAP_INTERVAL = 2.0
 #: http.server's own limits: bytes in one request or header line, header lines
 MAX_LINE = 65536
 MAX_HEADERS = 100
@@ -342,13 +346,13 @@ class HttpServer(ThreadingHTTPServer):
         return len(stale)
 
     def _reap_forever(self) -> None:
-        while not self.stopping.wait(1.0):
+        while not self.stopping.wait(REAP_INTERVAL):
             self.reap(time.monotonic())
 
     def serve_in_thread(self) -> threading.Thread:
         port = self.server_address[1]
         threading.Thread(target=self._reap_forever, name=f"imgrep-reap-{port}", daemon=True).start()
-        thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2},
+        thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": POLL_INTERVAL},
                                   name=f"imgrep-listen-{port}", daemon=True)
         thread.start()
         return thread
