@@ -96,9 +96,16 @@ class RegistryClient:
     # -- operations ---------------------------------------------------------
 
     def resolve(self, repo: Repo, identifier: str, deadline: float) -> ManifestInfo:
-        """The digest a tag or digest names (HEAD; GET and hash when the registry omits it)."""
-        with self._call(repo, "HEAD", manifest_path(repo.repository, identifier), deadline,
-                        headers={"Accept": MANIFEST_ACCEPT}) as response:
+        """The digest a tag or digest names (HEAD; GET and hash when the registry omits it
+        or does not allow HEAD)."""
+        try:
+            response = self._call(repo, "HEAD", manifest_path(repo.repository, identifier), deadline,
+                                  headers={"Accept": MANIFEST_ACCEPT})
+        except RegistryProtocolError as exc:
+            if exc.status != 405:
+                raise
+            return self.get_manifest(repo, identifier, deadline).info
+        with response:
             digest = response.header("Docker-Content-Digest")
             media_type = response.header("Content-Type").split(";")[0].strip()
             length = response.header("Content-Length")

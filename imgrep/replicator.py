@@ -28,6 +28,8 @@ __all__ = ["Replicator", "target_repository", "failure_backoff"]
 
 #: copy jobs (whole images) at once; their blobs share the copy pool
 MAX_JOBS = 8
+#: "does the target hold it?" lookups at once, when a source is unreachable
+MAX_PROBES = 4
 #: replicated (target, digest) pairs remembered (CACHE_TTL_SECONDS each), so warm admissions ask no registry
 MAX_REMEMBERED = 10000
 
@@ -86,6 +88,8 @@ class Replicator:
         self._replicated: TTLCache[str] = TTLCache(MAX_REMEMBERED)
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(MAX_JOBS, thread_name_prefix="imgrep-replicate")
+        # quick target lookups get their own threads, so long copies cannot starve them
+        self._probes = ThreadPoolExecutor(MAX_PROBES, thread_name_prefix="imgrep-probe")
 
     def target_repo(self, reference: Reference) -> Repo:
         return Repo(self.target.host, target_repository(reference, self.target, self.include_registry))
@@ -107,7 +111,7 @@ class Replicator:
         if ref is None:
             return result, None
         if result.status == ERROR and result.temporary:
-            return result, self._pool.submit(self._target_holds, result, deadline)
+            return result, self._probes.submit(self._target_holds, result, deadline)
         if result.status != EXISTS:
             return result, None
         key = f"{self.target_repo(ref)}@{result.digest}"
@@ -187,6 +191,7 @@ class Replicator:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._probes.shutdown(wait=False, cancel_futures=True)
 
 
 class _Failed(ImgrepError):

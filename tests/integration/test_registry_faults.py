@@ -8,6 +8,7 @@ import uuid
 import pytest
 
 from imgrep.errors import DigestMismatch
+from imgrep.registry import Repo
 from tests.helpers.engine import FAST_RETRY, Engine, copy_until_interrupted, target_manifest_missing
 from tests.helpers.faultproxy import Fault, FaultProxy
 from tests.helpers.images import make_image, push_image
@@ -84,3 +85,15 @@ def test_target_restarted_mid_copy_leaves_no_manifest_and_the_next_attempt_compl
             assert not target_manifest_missing(target, repo, "v1")
         finally:
             engine.close()
+
+
+def test_a_registry_refusing_head_is_asked_with_get(faulty_source):
+    source, _target, proxy, engine = faulty_source
+    repo = unique("nohead")
+    image = make_image(seed=repo)
+    push_image(source, repo, "v1", image)
+    proxy.arm(Fault("status", status=405, methods=("HEAD",), path_contains="/manifests/"))
+
+    info = engine.client.resolve(Repo(proxy.host, repo), "v1", time.monotonic() + 5)
+
+    assert info.digest == image.digest and proxy.hits == 1
