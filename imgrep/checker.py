@@ -100,6 +100,9 @@ class ImageChecker:
             info = self.client.resolve(Repo(reference.api_host, reference.repository), reference.identifier, deadline)
         except ImgrepError as exc:
             result = result_from_error(image, reference, exc)
+        except Exception as exc:  # the lookup thread's boundary: a bug becomes this image's error, not a 500
+            internal = ImgrepError(f"internal error: {type(exc).__name__}: {exc}"[:300])
+            result = result_from_error(image, reference, internal)
         else:
             result = CheckResult(image, EXISTS, reference, digest=info.digest)
         self._cache.put(str(reference), replace(result, cached=True), self._ttl(reference, result), self.clock())

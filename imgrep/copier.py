@@ -124,8 +124,8 @@ class Copier:
         stats = self._copy_blobs(source, target, blobs, deadline, progress)
         for manifest in manifests:  # children first; every blob is in place
             self.client.put_manifest(target, manifest.info.digest, manifest.body, manifest.info.media_type, deadline)
-        for identifier in attached:
-            self._add(stats, self.copy(source, identifier, target, deadline, progress, referrers=False).stats)
+        for referrer in attached:
+            self._add(stats, self.copy(source, referrer, target, deadline, progress, referrers=False).stats)
         if tag:
             top = manifests[-1]
             self.client.put_manifest(target, tag, top.body, top.info.media_type, deadline)

@@ -142,13 +142,14 @@ class Replicator:
         try:
             result = self.copier.copy(Repo(ref.api_host, ref.repository), ref.identifier, self.target_repo(ref),
                                       started + self.timeout, progress, digest=digest)
-        except ImgrepError as exc:
+        except Exception as exc:  # the job's boundary: every failure is reported, then retried after backoff
+            reason = str(exc) if isinstance(exc, ImgrepError) else f"internal error: {type(exc).__name__}: {exc}"
             with self._lock:
                 previous = self._failures.get(key)
                 count = previous.count + 1 if previous else 1
-                self._failures[key] = _Failure(str(exc), count, self.clock() + failure_backoff(count))
+                self._failures[key] = _Failure(reason[:300], count, self.clock() + failure_backoff(count))
                 self._jobs.pop(key, None)
-            self.on_done(ref, None, self.clock() - started, str(exc))
+            self.on_done(ref, None, self.clock() - started, reason)
             raise
         with self._lock:
             self._failures.pop(key, None)

@@ -288,3 +288,16 @@ def test_a_registry_slower_than_the_budget_is_unreachable_within_the_deadline(ma
     registry.hold.set()
     assert check(checker, "ghcr.io/org/app:v1").status == EXISTS
     assert len(registry.calls) == 1
+
+
+def test_a_bug_in_a_lookup_becomes_that_image_s_error_not_an_exception():
+    class Broken:
+        def resolve(self, repo, identifier, deadline):
+            raise ValueError("unexpected header")
+
+    checker = ImageChecker(Broken(), cache_ttl=60)
+    try:
+        [result] = checker.check_all(["registry.example/app:v1"], time.monotonic() + 2)
+    finally:
+        checker.close()
+    assert result.status == "error" and "internal error: ValueError: unexpected header" in result.detail
