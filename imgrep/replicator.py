@@ -143,11 +143,11 @@ class Replicator:
             result = self.copier.copy(Repo(ref.api_host, ref.repository), ref.identifier, self.target_repo(ref),
                                       started + self.timeout, progress, digest=digest)
         except Exception as exc:  # the job's boundary: every failure is reported, then retried after backoff
-            reason = str(exc) if isinstance(exc, ImgrepError) else f"internal error: {type(exc).__name__}: {exc}"
+            reason = _failure_reason(exc)
             with self._lock:
                 previous = self._failures.get(key)
                 count = previous.count + 1 if previous else 1
-                self._failures[key] = _Failure(reason[:300], count, self.clock() + failure_backoff(count))
+                self._failures[key] = _Failure(reason, count, self.clock() + failure_backoff(count))
                 self._jobs.pop(key, None)
             self.on_done(ref, None, self.clock() - started, reason)
             raise
@@ -186,13 +186,18 @@ class Replicator:
                            temporary=False)
         error = future.exception()
         if error is not None:
-            return replace(result, status=ERROR, reason="replication failed", detail=str(error)[:300],
+            return replace(result, status=ERROR, reason="replication failed", detail=_failure_reason(error),
                            temporary=False)
         return replace(result, status=REPLICATED, digest=future.result().digest)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._probes.shutdown(wait=False, cancel_futures=True)
+
+
+def _failure_reason(error: BaseException) -> str:
+    text = str(error) if isinstance(error, ImgrepError) else f"internal error: {type(error).__name__}: {error}"
+    return text[:300]
 
 
 class _Failed(ImgrepError):

@@ -1,0 +1,111 @@
+"""The replicator's bookkeeping with a fake copier: single flight, failures and their backoff."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from imgrep.config import TargetRegistry
+from imgrep.copier import BlobStats, CopyResult
+from imgrep.errors import DigestMismatch
+from imgrep.reference import parse_reference
+from imgrep.replicator import Replicator
+from imgrep.results import EXISTS, REPLICATED, CheckResult
+
+DIGEST = "sha256:" + "d" * 64
+
+
+class FakeCopier:
+    def __init__(self, fail_with: Exception | None = None, hold: threading.Event | None = None):
+        self.calls = 0
+        self.fail_with = fail_with
+        self.hold = hold
+
+    def copy(self, source, identifier, target, deadline, progress, *, digest=""):
+        self.calls += 1
+        if self.hold:
+            self.hold.wait(5)
+        if self.fail_with:
+            raise self.fail_with
+        return CopyResult(digest, True, BlobStats(copied=2, bytes=10))
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def found(image="registry.example/team/app:v1") -> CheckResult:
+    return CheckResult(image, EXISTS, parse_reference(image), digest=DIGEST)
+
+
+def replicator(copier, clock=time.monotonic) -> Replicator:
+    return Replicator(copier, client=None, target=TargetRegistry("mirror.local", "cache"),
+                      include_registry=False, timeout=60, clock=clock)
+
+
+def test_concurrent_admissions_share_one_copy_and_the_result_is_remembered():
+    hold = threading.Event()
+    copier = FakeCopier(hold=hold)
+    subject = replicator(copier)
+    answers = []
+    threads = [threading.Thread(target=lambda: answers.append(subject.replicate_all([found()], time.monotonic() + 5)))
+               for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.2)
+    hold.set()
+    for thread in threads:
+        thread.join(5)
+    try:
+        assert copier.calls == 1
+        assert all(answer[0].status == REPLICATED for answer in answers)
+        assert subject.replicate_all([found()], time.monotonic() + 5)[0].status == REPLICATED
+        assert copier.calls == 1  # remembered: no second copy, no registry request
+    finally:
+        subject.close()
+
+
+def test_failure_is_reported_and_retried_only_after_its_backoff():
+    clock = Clock()
+    copier = FakeCopier(fail_with=DigestMismatch("r", "blob sha256:bad: content hashes to sha256:other"))
+    subject = replicator(copier, clock)
+    try:
+        first = subject.replicate_all([found()], time.monotonic() + 5)[0]
+        assert first.reason == "replication failed" and "sha256:bad" in first.detail
+        again = subject.replicate_all([found()], time.monotonic() + 5)[0]
+        assert again.reason == "replication failed" and copier.calls == 1
+        clock.now += 6  # past the first backoff (5 s)
+        subject.replicate_all([found()], time.monotonic() + 5)
+        assert copier.calls == 2
+    finally:
+        subject.close()
+
+
+def test_an_unexpected_exception_is_reported_and_does_not_leave_a_stuck_job():
+    clock = Clock()
+    copier = FakeCopier(fail_with=ValueError("boom"))
+    subject = replicator(copier, clock)
+    try:
+        first = subject.replicate_all([found()], time.monotonic() + 5)[0]
+        assert first.reason == "replication failed" and "internal error: ValueError: boom" in first.detail
+        clock.now += 6
+        copier.fail_with = None
+        assert subject.replicate_all([found()], time.monotonic() + 5)[0].status == REPLICATED
+        assert copier.calls == 2
+    finally:
+        subject.close()
+
+
+def test_a_copy_running_past_the_budget_is_reported_as_replicating():
+    hold = threading.Event()
+    subject = replicator(FakeCopier(hold=hold))
+    try:
+        [result] = subject.replicate_all([found()], time.monotonic() + 0.2)
+        assert result.reason == "replicating, retry shortly" and "MiB" in result.detail
+    finally:
+        hold.set()
+        subject.close()
