@@ -356,3 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     except ImgrepError as exc:
         print(f"imgrep: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C during check or copy; serve handles it as SIGTERM
+        print("imgrep: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the command line's boundary: one line, never a traceback
+        print(f"imgrep: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
