@@ -240,7 +240,7 @@ def images_route(inventory: Inventory):
         try:
             query = parse_query(headers.get(QUERY, ""))
         except BadQuery as exc:
-            return 400, JSON, json.dumps({"error": str(exc)}).encode()
+            return _json({"error": str(exc)}, 400)
         entries = inventory.query(query)
         return (200, CSV, render_csv(entries)) if query.format == "csv" else (200, JSON, render_json(entries))
     return images
@@ -260,8 +260,9 @@ def open_inventory(runtime: Runtime) -> tuple[Inventory, InventoryStore | None]:
     return inventory, store
 
 
-def _json(document: object) -> tuple[int, str, bytes]:
-    return 200, JSON, json.dumps(document).encode()
+def _json(document: object, status: int = 200) -> tuple[int, str, bytes]:
+    """Compact JSON, as SPEC writes the health answers (``{"status":"ok"}``)."""
+    return status, JSON, json.dumps(document, separators=(",", ":")).encode()
 
 
 def _listen(variable: str, port: int, *args, **kwargs) -> HttpServer:
@@ -291,7 +292,7 @@ def run_serve(runtime: Runtime) -> int:
     def readyz(_body, _headers):
         if lifecycle.ready and not lifecycle.draining:
             return _json({"status": "ready"})
-        return 503, JSON, json.dumps({"status": "shutting down" if lifecycle.draining else "starting"}).encode()
+        return _json({"status": "shutting down" if lifecycle.draining else "starting"}, 503)
 
     def validate(body, headers):
         status, answer = webhook.handle(body, headers.get("content-type", ""))
