@@ -25,7 +25,7 @@ from .retry import RetryPolicy
 __all__ = ["Copier", "CopyResult", "Progress", "BlobStats", "signature_tags"]
 
 #: bytes read from the source per socket read; with the pool size this bounds memory
-READ_SIZE = 256 * 1024
+READ_SIZE = 1024 * 1024
 #: blobs up to this size go in one PUT; larger ones are streamed in PATCH chunks
 MONOLITHIC_MAX = 1024 * 1024
 #: bytes per PATCH request of a chunked upload
