@@ -38,6 +38,9 @@ class Fault:
     stall_seconds: float = 30.0
     #: for slow: body bytes per second
     rate: int = 5_000_000
+    #: for status: the answer's body, e.g. a referrers index the registry itself cannot give
+    body: bytes = b""
+    content_type: str = "application/json"
 
 
 class FaultProxy:
@@ -64,8 +67,11 @@ class FaultProxy:
                     self.send_response(fault.status)
                     if fault.retry_after is not None:
                         self.send_header("Retry-After", fault.retry_after)
-                    self.send_header("Content-Length", "0")
+                    if fault.body:
+                        self.send_header("Content-Type", fault.content_type)
+                    self.send_header("Content-Length", str(len(fault.body)))
                     self.end_headers()
+                    self.wfile.write(fault.body)
                     return
                 if fault and fault.kind == "stall":
                     proxy._stop.wait(fault.stall_seconds)

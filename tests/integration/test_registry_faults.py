@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -97,3 +98,22 @@ def test_a_registry_refusing_head_is_asked_with_get(faulty_source):
     info = engine.client.resolve(Repo(proxy.host, repo), "v1", time.monotonic() + 5)
 
     assert info.digest == image.digest and proxy.hits == 1
+
+
+def test_referrers_listed_by_the_oci_referrers_api_travel_with_the_image(faulty_source):
+    source, target, proxy, engine = faulty_source
+    repo = unique("attested")
+    image = make_image(seed=repo)
+    push_image(source, repo, "v1", image)
+    sbom = make_image(media="oci", seed=repo + "-sbom")
+    push_image(source, repo, None, sbom)  # by digest only, as referrers are
+    index = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                        "manifests": [{"mediaType": sbom.media_type, "digest": sbom.digest,
+                                       "size": len(sbom.manifest), "artifactType": "application/spdx+json"}]})
+    # distribution 2.8 has no referrers API: the proxy answers for it
+    proxy.arm(Fault("status", status=200, path_contains=f"/referrers/{image.digest}", body=index.encode(),
+                    content_type="application/vnd.oci.image.index.v1+json"))
+
+    engine.copy(repo, "v1")
+
+    assert not target_manifest_missing(target, repo, sbom.digest)
