@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 
 from imgrep.copier import Copier
 from imgrep.credentials import CredentialStore
@@ -12,8 +14,12 @@ from imgrep.errors import ManifestNotFound, RegistryError
 from imgrep.registry import RegistryClient, Repo
 from imgrep.retry import RetryPolicy
 from imgrep.transport import Transport
+from tests.helpers.faultproxy import Fault, FaultProxy
+from tests.helpers.images import make_image, push_image
+from tests.helpers.registry import RegistryServer
 
-__all__ = ["Engine", "FAST_RETRY", "target_manifest_missing", "copy_until_interrupted"]
+__all__ = ["Engine", "FAST_RETRY", "target_manifest_missing", "copy_until_interrupted", "proxied_pair",
+           "trickling_image"]
 
 #: fault tests give up fast; the production policy waits longer between attempts
 FAST_RETRY = RetryPolicy(attempts=2, backoff=0.05, max_backoff=0.1)
@@ -80,3 +86,23 @@ def copy_until_interrupted(engine: Engine, repo: str, target, interrupt) -> list
     interrupt()
     copying.join(timeout=40)
     return errors
+
+
+@contextlib.contextmanager
+def proxied_pair(retry: RetryPolicy = RetryPolicy()) -> Iterator[tuple]:
+    """(source, target, proxy, engine): no-auth registries, the source behind a fault proxy."""
+    with RegistryServer() as source, RegistryServer() as target, FaultProxy(source.host) as proxy:
+        engine = Engine(proxy.host, None, target.host, None, retry=retry)
+        try:
+            yield source, target, proxy, engine
+        finally:
+            engine.close()
+
+
+def trickling_image(source, proxy, repo: str):
+    """Three 20 MB layers, larger than socket buffers hold, served slowly: an interruption
+    lands while they are moving."""
+    image = make_image(layers=3, layer_size=20_000_000, seed=repo)
+    push_image(source, repo, "v1", image)
+    proxy.arm(Fault("slow", path_contains="/blobs/", methods=("GET",), rate=20_000_000))
+    return image

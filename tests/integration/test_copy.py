@@ -11,10 +11,10 @@ import pytest
 from imgrep.copier import signature_tags
 from imgrep.errors import DigestMismatch, ManifestNotFound, RegistryError
 from imgrep.registry import Repo
-from tests.helpers.engine import FAST_RETRY, Engine, copy_until_interrupted, target_manifest_missing
-from tests.helpers.faultproxy import Fault, FaultProxy
+from tests.helpers.engine import (FAST_RETRY, Engine, copy_until_interrupted, proxied_pair, target_manifest_missing,
+                                  trickling_image)
+from tests.helpers.faultproxy import Fault
 from tests.helpers.images import make_image, make_index, push_image
-from tests.helpers.registry import RegistryServer
 from tests.helpers.skopeo import inspect_raw
 
 
@@ -143,13 +143,8 @@ def test_schema1_manifest_is_refused_with_a_clear_message(engine, registry_token
 
 @pytest.fixture()
 def plain_pair():
-    """Two no-auth registries, the source behind a fault-injecting proxy."""
-    with RegistryServer() as source, RegistryServer() as target, FaultProxy(source.host) as proxy:
-        engine = Engine(proxy.host, None, target.host, None, retry=FAST_RETRY)
-        try:
-            yield source, target, proxy, engine
-        finally:
-            engine.close()
+    with proxied_pair(FAST_RETRY) as pair:
+        yield pair
 
 
 @pytest.mark.parametrize("fault", ["flip", "truncate"])
@@ -186,25 +181,17 @@ def test_dropped_download_resumes_with_range(plain_pair):
 
 
 def test_source_killed_mid_copy_leaves_no_manifest_and_next_attempt_reuses_blobs():
-    with RegistryServer() as source, RegistryServer() as target, FaultProxy(source.host) as proxy:
-        engine = Engine(proxy.host, None, target.host, None, retry=FAST_RETRY)
-        try:
-            repo = unique("killed")
-            image = make_image(layers=3, layer_size=20_000_000, seed=repo)
-            push_image(source, repo, "v1", image)
-            # the layers trickle, and are larger than socket buffers hold, so the kill
-            # lands while they are moving
-            proxy.arm(Fault("slow", path_contains="/blobs/", methods=("GET",), rate=20_000_000))
-            errors = copy_until_interrupted(engine, repo, target, source.kill)
-            assert errors, "the copy should fail while the source is down"
-            assert target_manifest_missing(target, repo, "v1")
-            assert target_manifest_missing(target, repo, image.digest)
+    with proxied_pair(FAST_RETRY) as (source, target, proxy, engine):
+        repo = unique("killed")
+        image = trickling_image(source, proxy, repo)
+        errors = copy_until_interrupted(engine, repo, target, source.kill)
+        assert errors, "the copy should fail while the source is down"
+        assert target_manifest_missing(target, repo, "v1")
+        assert target_manifest_missing(target, repo, image.digest)
 
-            source.restart()
-            proxy.arm(None)
-            result = engine.copy(repo, "v1")
-            assert sha256(target_raw(target, repo, "v1")) == image.digest
-            assert result.stats.exists >= 1, "blobs that arrived before the kill are reused"
-            assert result.stats.copied + result.stats.exists == len(image.blobs)
-        finally:
-            engine.close()
+        source.restart()
+        proxy.arm(None)
+        result = engine.copy(repo, "v1")
+        assert sha256(target_raw(target, repo, "v1")) == image.digest
+        assert result.stats.exists >= 1, "blobs that arrived before the kill are reused"
+        assert result.stats.copied + result.stats.exists == len(image.blobs)

@@ -10,10 +10,10 @@ import pytest
 
 from imgrep.errors import DigestMismatch
 from imgrep.registry import Repo
-from tests.helpers.engine import FAST_RETRY, Engine, copy_until_interrupted, target_manifest_missing
-from tests.helpers.faultproxy import Fault, FaultProxy
+from tests.helpers.engine import (FAST_RETRY, copy_until_interrupted, proxied_pair, target_manifest_missing,
+                                  trickling_image)
+from tests.helpers.faultproxy import Fault
 from tests.helpers.images import make_image, push_image
-from tests.helpers.registry import RegistryServer
 
 
 def unique(name: str) -> str:
@@ -22,13 +22,9 @@ def unique(name: str) -> str:
 
 @pytest.fixture()
 def faulty_source():
-    """A no-auth source behind a fault proxy, a no-auth target, and an engine between them."""
-    with RegistryServer() as source, RegistryServer() as target, FaultProxy(source.host) as proxy:
-        engine = Engine(proxy.host, None, target.host, None)
-        try:
-            yield source, target, proxy, engine
-        finally:
-            engine.close()
+    """No-auth source behind a fault proxy and target, with the production retry policy."""
+    with proxied_pair() as pair:
+        yield pair
 
 
 @pytest.mark.parametrize("fault", [
@@ -65,27 +61,22 @@ def test_a_lying_digest_header_is_refused_and_nothing_reaches_the_target(faulty_
 
 
 def test_target_restarted_mid_copy_leaves_no_manifest_and_the_next_attempt_completes():
-    with RegistryServer() as source, RegistryServer() as target, FaultProxy(source.host) as proxy:
-        engine = Engine(proxy.host, None, target.host, None, retry=FAST_RETRY)
-        try:
-            repo = unique("restarted")
-            image = make_image(layers=3, layer_size=20_000_000, seed=repo)
-            push_image(source, repo, "v1", image)
-            proxy.arm(Fault("slow", path_contains="/blobs/", methods=("GET",), rate=20_000_000))
-            def restart_target() -> None:
-                target.kill()
-                time.sleep(0.5)
-                target.restart()
+    with proxied_pair(FAST_RETRY) as (source, target, proxy, engine):
+        repo = unique("restarted")
+        image = trickling_image(source, proxy, repo)
 
-            errors = copy_until_interrupted(engine, repo, target, restart_target)
-            if errors:  # the attempt in flight failed cleanly: nothing half-copied is there
-                assert target_manifest_missing(target, repo, "v1")
-            proxy.arm(None)
-            result = engine.copy(repo, "v1")
-            assert result.digest == image.digest
-            assert not target_manifest_missing(target, repo, "v1")
-        finally:
-            engine.close()
+        def restart_target() -> None:
+            target.kill()
+            time.sleep(0.5)
+            target.restart()
+
+        if copy_until_interrupted(engine, repo, target, restart_target):
+            # the attempt in flight failed cleanly: nothing half-copied is there
+            assert target_manifest_missing(target, repo, "v1")
+        proxy.arm(None)
+        result = engine.copy(repo, "v1")
+        assert result.digest == image.digest
+        assert not target_manifest_missing(target, repo, "v1")
 
 
 def test_a_registry_refusing_head_is_asked_with_get(faulty_source):
