@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import ssl
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -44,7 +45,9 @@ class Fault:
 
 
 class FaultProxy:
-    def __init__(self, upstream: str):
+    """``tls=(cert, key)`` serves HTTPS, for registries behind an internal CA."""
+
+    def __init__(self, upstream: str, tls: tuple[str, str] | None = None):
         self.upstream_host, _, port = upstream.rpartition(":")
         self.upstream_port = int(port)
         self.fault: Fault | None = None
@@ -134,6 +137,10 @@ class FaultProxy:
                 pass  # upstream gone (a killed registry): the client sees the connection close
 
         self.server = Server(("127.0.0.1", 0), Handler)
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
         self.host = f"127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
 

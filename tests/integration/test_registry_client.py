@@ -28,6 +28,8 @@ from imgrep.credentials import CredentialStore
 from imgrep.errors import ManifestNotFound, RegistryUnavailable, Unauthorized
 from imgrep.registry import RegistryClient, Repo
 from imgrep.transport import Transport
+from tests.helpers.certs import make_ca_and_cert
+from tests.helpers.faultproxy import FaultProxy
 from tests.helpers.images import Image, Index, make_image, make_index, push_image
 from tests.helpers.registry import RegistryServer
 from tests.helpers.tokenserver import READER, TokenServer
@@ -548,3 +550,21 @@ def test_stalled_registry_is_unavailable_before_the_deadline(connect) -> None:
         assert elapsed < 3.0, f"gave up after {elapsed:.2f} s"
         assert caught.value.reason == "registry unreachable"
         assert stalled.host in str(caught.value)
+
+
+def test_registry_behind_an_internal_ca_is_trusted_only_with_registry_ca_file(registry_noauth, tmp_path):
+    repository = pushed(registry_noauth, make_image(seed="client-internal-ca"))
+    paths = make_ca_and_cert(tmp_path, dns_names=("registry.internal",), ip_addresses=("127.0.0.1",))
+    with FaultProxy(registry_noauth.host, tls=(str(paths.cert), str(paths.key))) as https_front:
+        trusting = Transport(ca_file=str(paths.ca_cert))
+        untrusting = Transport()
+        try:
+            found = RegistryClient(trusting, CredentialStore()).resolve(
+                Repo(https_front.host, repository), "v1", time.monotonic() + 5)
+            with pytest.raises(RegistryUnavailable, match="TLS certificate not trusted"):
+                RegistryClient(untrusting, CredentialStore()).resolve(
+                    Repo(https_front.host, repository), "v1", time.monotonic() + 5)
+        finally:
+            trusting.close()
+            untrusting.close()
+    assert found.digest.startswith("sha256:")
