@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import subprocess
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +16,7 @@ from imgrep.cli import build_runtime
 from imgrep.config import load_config
 from imgrep.logs import Logger
 from imgrep.webhook import Webhook
+from tests.helpers.binaries import require_binary
 from tests.helpers.faultproxy import Fault, FaultProxy
 from tests.helpers.images import make_image, push_image
 from tests.helpers.registry import RegistryServer
@@ -204,3 +206,18 @@ def test_audit_mode_copies_and_always_allows(registry_token, registry_basic):
         assert target_digest(registry_basic, repo, "v1") == digest
     finally:
         admission.close()
+
+
+def test_metrics_after_replication_pass_promtool(admission, registry_token):
+    repo = unique("metrics")
+    push_image(registry_token, repo, "v1", make_image(layers=2, seed=repo))
+    assert admission.admit(f"{registry_token.host}/{repo}:v1")["allowed"] is True
+
+    text = admission.runtime.telemetry.render()
+
+    checked = subprocess.run([require_binary("promtool"), "check", "metrics"], input=text, capture_output=True,
+                             timeout=30, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    for family in (b"imgrep_replications_total{", b"imgrep_replicated_bytes_total{", b"imgrep_blobs_total{",
+                   b"imgrep_replication_duration_seconds_count", b"imgrep_inventory_images"):
+        assert family in text
