@@ -13,6 +13,7 @@ import socket
 import ssl
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 from urllib.parse import urljoin, urlsplit
@@ -28,6 +29,9 @@ USER_AGENT = f"imgrep/{__version__}"
 MAX_REDIRECTS = 5
 #: Idle connections kept per host; enough for the copy pool plus admission checks.
 MAX_IDLE_PER_HOST = 16
+#: Idle connections kept in all: image references name arbitrary hosts, and a pool
+#: per host without a total would let them pile up open sockets.
+MAX_IDLE_TOTAL = 128
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError, http.client.BadStatusLine)
 
@@ -127,7 +131,9 @@ class Transport:
         self._tls.minimum_version = ssl.TLSVersion.TLSv1_2
         if ca_file:
             self._tls.load_verify_locations(cafile=ca_file)
-        self._idle: dict[_Origin, list[http.client.HTTPConnection]] = {}
+        #: least recently used origin first
+        self._idle: OrderedDict[_Origin, list[http.client.HTTPConnection]] = OrderedDict()
+        self._idle_count = 0
         self._lock = threading.Lock()
 
     def base_url(self, registry: str) -> str:
@@ -201,6 +207,8 @@ class Transport:
         with self._lock:
             idle = self._idle.get(origin)
             connection = idle.pop() if idle else None
+            if connection is not None:
+                self._idle_count -= 1
         if connection is not None:
             connection.timeout = timeout
             if connection.sock is not None:
@@ -217,16 +225,32 @@ class Transport:
         if not reusable or connection.sock is None:
             connection.close()
             return
+        evicted = None
         with self._lock:
             idle = self._idle.setdefault(origin, [])
-            if len(idle) < MAX_IDLE_PER_HOST:
+            self._idle.move_to_end(origin)
+            if len(idle) >= MAX_IDLE_PER_HOST:
+                evicted = connection
+            else:
                 idle.append(connection)
-                return
-        connection.close()
+                self._idle_count += 1
+                if self._idle_count > MAX_IDLE_TOTAL:
+                    evicted = self._evict_oldest()
+        if evicted is not None:
+            evicted.close()
+
+    def _evict_oldest(self) -> http.client.HTTPConnection:
+        """Take one idle connection of the least recently used origin (lock held)."""
+        origin, idle = next((o, c) for o, c in self._idle.items() if c)
+        connection = idle.pop(0)
+        if not idle:
+            del self._idle[origin]
+        self._idle_count -= 1
+        return connection
 
     def close(self) -> None:
         with self._lock:
-            pools, self._idle = self._idle, {}
+            pools, self._idle, self._idle_count = self._idle, OrderedDict(), 0
         for idle in pools.values():
             for connection in idle:
                 connection.close()
