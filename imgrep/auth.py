@@ -64,7 +64,8 @@ def token_request(challenge: Challenge, scopes: tuple[str, ...], credential: Cre
     """Describe the request that turns a Bearer challenge into a token."""
     realm = challenge.realm
     if not realm or urlsplit(realm).scheme not in ("http", "https"):
-        raise RegistryProtocolError(challenge.service or "registry", f"bearer challenge has no usable realm ({realm[:100]!r})")
+        raise RegistryProtocolError(challenge.service or "registry",
+                                    f"bearer challenge has no usable realm ({realm[:100]!r})")
     if credential and credential.identity_token:
         form = [("grant_type", "refresh_token"), ("refresh_token", credential.identity_token), ("client_id", CLIENT_ID)]
         if challenge.service:

@@ -111,7 +111,8 @@ def _named_registries(environ: Mapping[str, str]) -> dict[str, Credential]:
         password = environ.get(prefix + "PASSWORD", "")
         token = environ.get(prefix + "TOKEN", "")
         if not (password or token):
-            raise ConfigError(prefix + "PASSWORD", f"{variable} is set but neither {prefix}PASSWORD nor {prefix}TOKEN is")
+            raise ConfigError(prefix + "PASSWORD",
+                              f"{variable} is set but neither {prefix}PASSWORD nor {prefix}TOKEN is")
         if password and not username:
             raise ConfigError(prefix + "USERNAME", f"{prefix}PASSWORD is set without a username")
         found[host] = Credential(username, password, registry_token=token, source=prefix + "*")

@@ -44,6 +44,10 @@ __all__ = ["RegistryClient", "ManifestInfo", "Manifest", "Repo"]
 
 #: Token server answers are read no further than this.
 MAX_TOKEN_BYTES = 1024 * 1024
+#: registries whose auth scheme is remembered; image references can name any number
+MAX_REMEMBERED_REGISTRIES = 4096
+#: locks that serialise token requests per scope (scopes share them by hash)
+TOKEN_LOCK_STRIPES = 64
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,8 @@ class RegistryClient:
         self.wall_clock = wall_clock
         self.sleep = sleep
         self._challenges: dict[str, Challenge] = {}
-        self._token_locks: dict[tuple[str, tuple[str, ...]], threading.Lock] = {}
+        # striped: one lock per scope would grow with every repository ever named
+        self._token_locks = tuple(threading.Lock() for _ in range(TOKEN_LOCK_STRIPES))
         self._lock = threading.Lock()
 
     # -- operations ---------------------------------------------------------
@@ -294,6 +299,8 @@ class RegistryClient:
             raise Unauthorized(repo.registry, "registry asks for an authentication scheme imgrep does not speak",
                                repository=repo.repository, status=401)
         with self._lock:
+            if len(self._challenges) >= MAX_REMEMBERED_REGISTRIES:
+                self._challenges.clear()  # a cache: the next request per registry learns again
             self._challenges[repo.registry] = challenge
         authorization, _ = self._authorization(repo, challenge, scopes, credential, deadline, refresh=True)
         if not authorization:
@@ -322,9 +329,8 @@ class RegistryClient:
             return None, False
         registry = repo.registry
         key = (registry, scopes)
-        with self._lock:
-            lock = self._token_locks.setdefault(key, threading.Lock())
-        with lock:  # one token request per scope, however many checks wait for it
+        # one token request per scope, however many checks wait for it
+        with self._token_locks[hash(key) % TOKEN_LOCK_STRIPES]:
             token = None if refresh else self.tokens.get(registry, scopes, self.clock())
             if token is None:
                 token = self._fetch_token(repo, challenge, scopes, credential, deadline)

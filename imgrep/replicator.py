@@ -147,6 +147,9 @@ class Replicator:
             with self._lock:
                 previous = self._failures.get(key)
                 count = previous.count + 1 if previous else 1
+                if len(self._failures) >= MAX_REMEMBERED:  # forget failures whose backoff is over
+                    now = self.clock()
+                    self._failures = {k: f for k, f in self._failures.items() if f.retry_at > now}
                 self._failures[key] = _Failure(reason, count, self.clock() + failure_backoff(count))
                 self._jobs.pop(key, None)
             self.on_done(ref, None, self.clock() - started, reason)
