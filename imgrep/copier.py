@@ -16,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait, FIRST_EXCEPTION
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+from .auth import push_scope
 from .digest import Verifier, is_digest
 from .errors import DigestMismatch, ImgrepError, ManifestNotFound, RegistryError, RegistryUnavailable
 from .manifest import Descriptor, parse_manifest
@@ -237,7 +238,7 @@ class Copier:
 
     def _copy_blob_once(self, source: Repo, target: Repo, blob: Descriptor, deadline: float,
                         progress: Progress) -> str:
-        if self.client.blob_exists(target, blob.digest, deadline, scopes=self._push(target)):
+        if self.client.blob_exists(target, blob.digest, deadline, scopes=(push_scope(target.repository),)):
             return "exists"
         location = self.client.start_upload(target, deadline, mount=self._mount_source(source, target, blob.digest))
         if location is None:
@@ -248,10 +249,6 @@ class Copier:
             self.client.cancel_upload(target, location, deadline)
             raise
         return "copied"
-
-    @staticmethod
-    def _push(target: Repo) -> tuple[str, ...]:
-        return (f"repository:{target.repository}:pull,push",)
 
     def _mount_source(self, source: Repo, target: Repo, digest: str) -> tuple[str, Repo] | None:
         """A repository of the target registry known to hold the blob, if any."""

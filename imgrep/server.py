@@ -8,6 +8,7 @@ connections are capped and time out, and shutdown drains in-flight requests.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import ssl
@@ -78,7 +79,7 @@ class App:
 
 
 def _plain(status: int, reason: str) -> Reply:
-    return status, "application/json", ('{"error": "%s"}' % reason).encode()
+    return status, "application/json", json.dumps({"error": reason}, separators=(",", ":")).encode()
 
 
 class CertificateReloader:
@@ -248,8 +249,7 @@ class _Handler(BaseHTTPRequestHandler):
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """http.server's own errors (bad request line, huge headers) as one-line JSON."""
         self.close_connection = True
-        reason = (message or HTTPStatus(code).phrase).replace('"', "'")
-        self._reply(*_plain(code, reason), close=True)
+        self._reply(*_plain(code, message or HTTPStatus(code).phrase), close=True)
 
     def log_message(self, format: str, *args) -> None:
         self.server.logger.debug("http", peer=self.client_address[0], line=format % args)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 
@@ -19,7 +20,7 @@ from tests.helpers.images import make_image, push_image
 from tests.helpers.registry import RegistryServer
 
 __all__ = ["Engine", "FAST_RETRY", "target_manifest_missing", "copy_until_interrupted", "proxied_pair",
-           "trickling_image"]
+           "trickling_image", "unique"]
 
 #: fault tests give up fast; the production policy waits longer between attempts
 FAST_RETRY = RetryPolicy(attempts=2, backoff=0.05, max_backoff=0.1)
@@ -106,3 +107,8 @@ def trickling_image(source, proxy, repo: str):
     push_image(source, repo, "v1", image)
     proxy.arm(Fault("slow", path_contains="/blobs/", methods=("GET",), rate=20_000_000))
     return image
+
+
+def unique(name: str) -> str:
+    """A repository name no other test (or earlier run) uses."""
+    return f"{name}-{uuid.uuid4().hex[:8]}"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-import uuid
 
 import pytest
 
@@ -12,7 +11,7 @@ from imgrep.copier import signature_tags
 from imgrep.errors import DigestMismatch, ManifestNotFound, RegistryError
 from imgrep.registry import Repo
 from tests.helpers.engine import (FAST_RETRY, Engine, copy_until_interrupted, proxied_pair, target_manifest_missing,
-                                  trickling_image)
+                                  trickling_image, unique)
 from tests.helpers.faultproxy import Fault
 from tests.helpers.images import make_image, make_index, push_image
 from tests.helpers.skopeo import inspect_raw
@@ -27,10 +26,6 @@ def engine(registry_token, registry_basic):
     engine = Engine(registry_token.host, registry_token.credentials, registry_basic.host, registry_basic.credentials)
     yield engine
     engine.close()
-
-
-def unique(name: str) -> str:
-    return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
 def target_raw(registry, repo: str, ref: str) -> bytes:

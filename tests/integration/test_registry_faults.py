@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 
 import pytest
 
 from imgrep.errors import DigestMismatch
 from imgrep.registry import Repo
 from tests.helpers.engine import (FAST_RETRY, copy_until_interrupted, proxied_pair, target_manifest_missing,
-                                  trickling_image)
+                                  trickling_image, unique)
 from tests.helpers.faultproxy import Fault
 from tests.helpers.images import make_image, push_image
-
-
-def unique(name: str) -> str:
-    return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture()

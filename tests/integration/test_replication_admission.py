@@ -17,14 +17,11 @@ from imgrep.config import load_config
 from imgrep.logs import Logger
 from imgrep.webhook import Webhook
 from tests.helpers.binaries import require_binary
+from tests.helpers.engine import unique
 from tests.helpers.faultproxy import Fault, FaultProxy
 from tests.helpers.images import make_image, push_image
 from tests.helpers.registry import RegistryServer
 from tests.helpers.skopeo import inspect_raw
-
-
-def unique(name: str) -> str:
-    return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
 def review(*images: str, dry_run: bool = False, namespace: str = "default") -> bytes:
