@@ -1,7 +1,11 @@
 """Image existence checks: cached, deduplicated, concurrent and bounded by a deadline.
 
-Concurrent checks of one reference share one registry request (a future per key),
-and a check that outlives its admission request still fills the cache for the next.
+Concurrent checks of one reference share one registry request (a future per key).
+A lookup has its own deadline, ``lookup_timeout`` after it starts, not the deadline
+of whichever admission happened to start it: one that outlives its admission goes
+on in the background until then and fills the cache for the next. Lookups run in a
+:class:`~imgrep.bulkhead.Bulkhead`, so one slow registry holds at most its share
+of the threads (README "Deadlines and bulkheads").
 """
 
 from __future__ import annotations
@@ -9,20 +13,25 @@ from __future__ import annotations
 import math
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, wait
 from dataclasses import replace
 from typing import Callable
 
+from .bulkhead import Bulkhead
 from .cache import NEGATIVE_TTL_SECONDS, TTLCache
 from .errors import ImgrepError, InvalidReference, RegistryUnavailable
 from .reference import Reference, parse_reference
 from .registry import RegistryClient, Repo
 from .results import ERROR, EXISTS, MISSING, CheckResult, result_from_error
 
-__all__ = ["ImageChecker", "CHECK_WORKERS"]
+__all__ = ["ImageChecker", "CHECK_WORKERS", "CHECK_WORKERS_PER_REGISTRY"]
 
-#: threads resolving manifests at once; admissions wait in line beyond this
-CHECK_WORKERS = 32
+#: threads resolving manifests at once; an idle thread costs little, a missing one
+#: makes admissions wait in line
+CHECK_WORKERS = 64
+#: lookups one registry may have in flight: enough for a Pod of many new images from
+#: one registry, and eight registries must hang at once to fill the pool
+CHECK_WORKERS_PER_REGISTRY = 8
 
 
 class ImageChecker:
@@ -31,6 +40,7 @@ class ImageChecker:
         client: RegistryClient,
         *,
         cache_ttl: float,
+        lookup_timeout: float = 8.0,  # ADMISSION_BUDGET_SECONDS's default
         allowed_registries: frozenset[str] = frozenset(),
         clock: Callable[[], float] = time.monotonic,
         on_result: Callable[[CheckResult], None] = lambda result: None,
@@ -38,13 +48,14 @@ class ImageChecker:
     ):
         self.client = client
         self.cache_ttl = cache_ttl
+        self.lookup_timeout = lookup_timeout
         self.allowed = allowed_registries
         self.clock = clock
         self.on_result = on_result
         self._cache: TTLCache[CheckResult] = TTLCache(max_cache_entries)
         self._inflight: dict[str, Future[CheckResult]] = {}
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(CHECK_WORKERS, thread_name_prefix="imgrep-check")
+        self._pool = Bulkhead(CHECK_WORKERS, CHECK_WORKERS_PER_REGISTRY, name="imgrep-check", clock=clock)
 
     def check_all(self, images: list[str], deadline: float) -> list[CheckResult]:
         """One result per image, in order, all within ``deadline`` (monotonic seconds)."""
@@ -75,7 +86,11 @@ class ImageChecker:
             future = self._inflight.get(key)
             if future is not None:
                 return future
-            future = self._pool.submit(self._lookup, image, reference, deadline)
+            # its own deadline: a short one inherited from a late admission would cut it off
+            # early, and every admission that joins it waits only as long as its own budget
+            own = max(deadline, self.clock() + self.lookup_timeout)
+            future = self._pool.submit(reference.api_host, own,
+                                       lambda: self._lookup(image, reference, own))
             self._inflight[key] = future
         # outside the lock: a lookup that has already finished runs _forget right here
         future.add_done_callback(lambda _f, k=key: self._forget(k))
@@ -93,6 +108,9 @@ class ImageChecker:
             error = RegistryUnavailable(reference.registry, "no answer within the admission budget",
                                         repository=reference.repository)
             return result_from_error(image, reference, error)
+        refused = slot.exception()
+        if isinstance(refused, RegistryUnavailable):  # the bulkhead: the registry's share stayed full
+            return result_from_error(image, parse_reference(image), refused)
         return _as_written(slot.result(), image)
 
     def _lookup(self, image: str, reference: Reference, deadline: float) -> CheckResult:
@@ -116,7 +134,7 @@ class ImageChecker:
         return 0.0
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()
 
 
 def _as_written(result: CheckResult, image: str) -> CheckResult:

@@ -104,7 +104,8 @@ def build_runtime(config: Config) -> Runtime:
     except ssl.SSLError as exc:
         raise ConfigError("REGISTRY_CA_FILE", f"not a PEM certificate bundle ({exc.reason})") from None
     client = RegistryClient(transport, config.credentials)
-    checker = ImageChecker(client, cache_ttl=config.cache_ttl_seconds, allowed_registries=config.allowed_registries)
+    checker = ImageChecker(client, cache_ttl=config.cache_ttl_seconds, lookup_timeout=config.admission_budget_seconds,
+                           allowed_registries=config.allowed_registries)
     blob_pool = ThreadPoolExecutor(config.copy_concurrency, thread_name_prefix="imgrep-blob")
     copier = Copier(client, blob_pool, on_blob=lambda result, size: telemetry.blobs.labels(result=result).inc())
     replicator = None

@@ -37,6 +37,8 @@ MAX_RESUMES = 3
 MAX_INDEX_DEPTH = 2
 #: blob digests remembered with the target repository holding them, for mounts
 MAX_KNOWN_BLOBS = 100_000
+#: seconds past a copy's deadline that its blob transfers get to report their own failure
+DEADLINE_GRACE = 1.0
 
 
 def signature_tags(digest: str) -> tuple[str, ...]:
@@ -201,7 +203,9 @@ class Copier:
         futures: list[Future[str]] = [
             self.pool.submit(self._copy_blob, source, target, blob, deadline, progress) for blob in blobs
         ]
-        done, pending = wait(futures, timeout=max(0.0, deadline - self.clock()), return_when=FIRST_EXCEPTION)
+        # every transfer ends by the deadline on its own; the grace lets it say why, naming its registry
+        done, pending = wait(futures, timeout=max(0.0, deadline - self.clock()) + DEADLINE_GRACE,
+                             return_when=FIRST_EXCEPTION)
         failed = next((f for f in done if f.exception() is not None), None)
         if failed is not None or pending:
             for future in pending:
@@ -305,7 +309,7 @@ class _ResumingReader:
         while True:
             try:
                 data = self.response.read(amount)
-            except (OSError, ValueError) as exc:
+            except RegistryUnavailable as exc:  # the body broke off (or its deadline passed)
                 data, failure = b"", exc
             else:
                 failure = None

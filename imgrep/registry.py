@@ -362,7 +362,6 @@ class RegistryClient:
                                     **where)
 
     def _send(self, method, url, headers, body, deadline) -> Response:
-        remaining = deadline - self.clock()
-        if remaining <= 0:
-            raise RegistryUnavailable(url.split("/")[2], "timed out (admission budget spent)")
-        return self.transport.request(method, url, headers, body, timeout=min(remaining, self.transport.timeout))
+        if deadline <= self.clock():
+            raise RegistryUnavailable(url.split("/")[2], "timed out (its deadline passed)")
+        return self.transport.request(method, url, headers, body, deadline=deadline)

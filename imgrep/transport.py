@@ -1,14 +1,21 @@
 """HTTP to registries: the only user of ``http.client``.
 
-Keep-alive connections pooled per host, every socket with a timeout, TLS with the
-system trust store plus ``REGISTRY_CA_FILE``, plain HTTP for ``INSECURE_REGISTRIES``,
-and redirects followed by hand so that ``Authorization`` never reaches another host
-(``urllib.request`` would forward it).
+Keep-alive connections pooled per host, TLS with the system trust store plus
+``REGISTRY_CA_FILE``, plain HTTP for ``INSECURE_REGISTRIES``, and redirects followed
+by hand so that ``Authorization`` never reaches another host (``urllib.request``
+would forward it).
+
+Every request has an overall deadline, not only a per-read timeout: the sockets are
+:class:`_DeadlineSocket` / :class:`_DeadlineSSLSocket`, which shrink their timeout
+before every read and write to what is left of the request's deadline. A peer that
+trickles its headers or body a byte at a time is cut off at the deadline, whatever
+its pattern (README "Reliability": deadlines and bulkheads).
 """
 
 from __future__ import annotations
 
 import http.client
+import math
 import socket
 import ssl
 import threading
@@ -39,6 +46,49 @@ _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError,
 Observer = Callable[[str, str, str, float], None]
 
 
+class _Deadline:
+    """Reads and writes that never run past ``deadline`` (monotonic seconds).
+
+    Each call gets ``min(read_timeout, time left)`` as its socket timeout, so a slow
+    but steady peer cannot stretch a request by sending just often enough.
+    ``sendall`` of a plain socket already treats its timeout as a total (CPython 3.5+);
+    TLS sockets send in a Python loop, so ``send`` is bounded one call at a time too.
+    """
+
+    deadline = math.inf
+    read_timeout = 30.0
+
+    def _arm(self) -> None:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("deadline passed")
+        self.settimeout(min(self.read_timeout, left))
+
+    def recv(self, *args):
+        self._arm()
+        return super().recv(*args)
+
+    def recv_into(self, *args):
+        self._arm()
+        return super().recv_into(*args)
+
+    def send(self, *args):
+        self._arm()
+        return super().send(*args)
+
+    def sendall(self, *args):
+        self._arm()
+        return super().sendall(*args)
+
+
+class _DeadlineSocket(_Deadline, socket.socket):
+    """A plain registry connection's socket."""
+
+
+class _DeadlineSSLSocket(_Deadline, ssl.SSLSocket):
+    """What the transport's TLS context wraps sockets in (``SSLContext.sslsocket_class``)."""
+
+
 @dataclass(frozen=True)
 class _Origin:
     scheme: str
@@ -61,39 +111,46 @@ def _origin(url: str) -> _Origin:
 
 
 class Response:
-    """A response whose connection returns to the pool once the body is consumed."""
+    """A response whose connection returns to the pool once the body is consumed.
 
-    def __init__(self, raw: http.client.HTTPResponse, url: str, release: Callable[[bool], None]):
+    Body reads stop at the request's deadline like the headers did; a body that
+    breaks off or runs past it raises RegistryUnavailable naming the host.
+    """
+
+    def __init__(self, raw: http.client.HTTPResponse, url: str, host: str, release: Callable[[bool], None]):
         self._raw = raw
         self._release = release
         self._done = False
         self.status = raw.status
         self.headers = raw.headers
         self.url = url
+        self.host = host
 
     def header(self, name: str, default: str = "") -> str:
         return self.headers.get(name, default) or default
 
     def read(self, amount: int | None = None) -> bytes:
-        data = self._raw.read(amount) if amount is not None else self._raw.read()
+        data = self._body(self._raw.read, amount)
         if not data or amount is None or self._raw.isclosed():
             self._finish(reusable=True)
         return data
 
-    def readinto(self, buffer: memoryview | bytearray) -> int:
-        count = self._raw.readinto(buffer)
-        if count == 0 or self._raw.isclosed():
-            self._finish(reusable=True)
-        return count
-
     def read_capped(self, limit: int) -> bytes:
         """Read at most ``limit`` bytes; a longer body closes the connection."""
-        data = self._raw.read(limit + 1)
+        data = self._body(self._raw.read, limit + 1)
         if len(data) > limit:
             self._finish(reusable=False)
             return data[:limit]
         self._finish(reusable=True)
         return data
+
+    def _body(self, read: Callable, *args):
+        try:
+            return read(*args)
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            # ValueError: http.client's answer to a read on a connection closed under it
+            self._finish(reusable=False)
+            raise RegistryUnavailable(self.host, f"answer broke off: {_describe(exc)}") from None
 
     def close(self) -> None:
         """Give the connection back if the body is fully read, else drop it."""
@@ -129,6 +186,7 @@ class Transport:
         self._observe = observe or (lambda *args: None)
         self._tls = ssl.create_default_context(cafile=None)
         self._tls.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._tls.sslsocket_class = _DeadlineSSLSocket
         if ca_file:
             self._tls.load_verify_locations(cafile=ca_file)
         #: least recently used origin first
@@ -148,11 +206,13 @@ class Transport:
         headers: Mapping[str, str] | None = None,
         body: bytes | Iterable[bytes] | None = None,
         *,
-        timeout: float | None = None,
+        deadline: float = math.inf,
         follow_redirects: bool = True,
     ) -> Response:
         """Send one request; raise RegistryUnavailable on network failure.
 
+        ``deadline`` (monotonic seconds) bounds the whole exchange, redirects and the
+        body included; each read or write also waits at most ``timeout`` seconds.
         Redirects (GET/HEAD only) are followed up to MAX_REDIRECTS; ``Authorization``
         is dropped as soon as the origin changes.
         """
@@ -160,7 +220,7 @@ class Transport:
         headers.setdefault("User-Agent", USER_AGENT)
         first = _origin(url)
         for _ in range(MAX_REDIRECTS + 1):
-            response = self._send(method, url, headers, body, timeout or self.timeout)
+            response = self._send(method, url, headers, body, deadline)
             location = response.header("Location")
             if not (follow_redirects and response.status in _REDIRECTS and location and method in ("GET", "HEAD")):
                 return response
@@ -174,7 +234,7 @@ class Transport:
                 headers.pop("Authorization", None)
         raise RegistryUnavailable(first.netloc, f"more than {MAX_REDIRECTS} redirects, last to {redact_url(url)}")
 
-    def _send(self, method: str, url: str, headers: dict[str, str], body, timeout: float) -> Response:
+    def _send(self, method: str, url: str, headers: dict[str, str], body, deadline: float) -> Response:
         origin = _origin(url)
         parts = urlsplit(url)
         target = parts.path or "/"
@@ -183,8 +243,16 @@ class Transport:
         replayable = body is None or isinstance(body, (bytes, bytearray))
         started = time.monotonic()
         for attempt in (1, 2):
-            connection, reused = self._connection(origin, timeout)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._observe(origin.netloc, method, "error", time.monotonic() - started)
+                raise RegistryUnavailable(origin.netloc, "no complete answer before the deadline")
+            connection, reused = self._connection(origin, min(self.timeout, left))
             try:
+                if connection.sock is None:
+                    connection.connect()  # connect and TLS handshake are bounded by the timeout as a total
+                connection.sock.deadline = deadline
+                connection.sock.read_timeout = self.timeout
                 connection.request(method, target, body=body, headers=headers)
                 raw = connection.getresponse()
             except _STALE as exc:
@@ -197,10 +265,14 @@ class Transport:
                 connection.close()
                 self._observe(origin.netloc, method, "error", time.monotonic() - started)
                 raise RegistryUnavailable(origin.netloc, f"connection failed: {_describe(exc)}") from None
+            except BaseException:  # a streamed body's source failed mid-request: this connection is unusable
+                connection.close()
+                raise
             self._observe(origin.netloc, method, str(raw.status), time.monotonic() - started)
+            response = Response(raw, url, origin.netloc, lambda reusable, c=connection: self._release(origin, c, reusable))
             if method == "HEAD":
-                raw.read()
-            return Response(raw, url, lambda reusable, c=connection: self._release(origin, c, reusable))
+                response.read()
+            return response
         raise AssertionError("unreachable")  # the loop returns or raises
 
     def _connection(self, origin: _Origin, timeout: float) -> tuple[http.client.HTTPConnection, bool]:
@@ -211,8 +283,6 @@ class Transport:
                 self._idle_count -= 1
         if connection is not None:
             connection.timeout = timeout
-            if connection.sock is not None:
-                connection.sock.settimeout(timeout)
             return connection, True
         if origin.scheme == "https":
             connection = http.client.HTTPSConnection(origin.host, origin.port, timeout=timeout, context=self._tls)
@@ -269,7 +339,7 @@ def _guarded_connect(address: tuple[str, int], timeout: float, source_address=No
         if reason:
             refused = reason
             continue
-        sock = socket.socket(family, kind, protocol)
+        sock = _DeadlineSocket(family, kind, protocol)
         try:
             sock.settimeout(timeout)
             sock.connect(sockaddr)

@@ -26,6 +26,10 @@ from .telemetry import Telemetry
 __all__ = ["Webhook", "JSON"]
 
 JSON = "application/json"
+#: share of the admission budget kept back from source checks when replicating: a source
+#: that hangs (packets dropped) still leaves time to find the image in the target and
+#: admit it with a warning (SPEC "source unreachable but the target already holds the tag")
+TARGET_FALLBACK_SHARE = 0.25
 #: label values come from the request body; anything else is "other" to bound cardinality
 _OPERATIONS = frozenset({"CREATE", "UPDATE", "DELETE", "CONNECT"})
 
@@ -85,9 +89,11 @@ class Webhook:
         refused = too_many_images(request)
         if refused is not None:
             return refused, []
-        results = self.checker.check_all(list(request.new_images), deadline)
+        replicate = self.replicator is not None and not request.dry_run  # sideEffects: NoneOnDryRun
+        reserve = self.config.admission_budget_seconds * TARGET_FALLBACK_SHARE if replicate else 0.0
+        results = self.checker.check_all(list(request.new_images), deadline - reserve)
         self._count_checks(results)
-        if self.replicator is not None and not request.dry_run:  # sideEffects: NoneOnDryRun
+        if replicate:
             results = self.replicator.replicate_all(results, deadline)
         decision = decide(request, results, mode=self.config.mode, error_policy=self.config.registry_error_policy)
         return decision, results

@@ -21,7 +21,7 @@ PURE_CORE = frozenset({
 #: the I/O edge, named so that a violation message says what was reached for
 EDGE = frozenset({
     "transport", "registry", "server", "cli", "webhook", "checker", "telemetry", "procstats",
-    "replicator", "copier", "logs", "inventory_store",
+    "replicator", "copier", "logs", "inventory_store", "bulkhead",
 })
 FORBIDDEN_STDLIB = frozenset({"http.client", "http.server", "socket", "ssl", "urllib.request", "subprocess"})
 

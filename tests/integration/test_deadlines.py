@@ -1,0 +1,75 @@
+"""Every registry request ends by its deadline, whatever the peer's sending pattern
+(README "Deadlines and bulkheads"): headers and bodies trickled a byte at a time,
+hosts that accept and never answer, blobs that crawl during a copy."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from imgrep.credentials import CredentialStore
+from imgrep.errors import RegistryUnavailable
+from imgrep.registry import RegistryClient, Repo
+from imgrep.transport import Transport
+from tests.helpers.engine import proxied_pair, target_manifest_missing, unique
+from tests.helpers.faultproxy import Fault
+from tests.helpers.hostile import MANIFEST_DIGEST, HostileRegistry
+from tests.helpers.images import make_image, push_image
+
+#: what a loaded machine may add to a deadline before the request is really gone
+SLACK = 2.0
+#: per-read timeout far above every deadline here: only the overall deadline can end these requests
+READ_TIMEOUT = 30.0
+
+
+def client_for(peer: HostileRegistry) -> tuple[Transport, RegistryClient]:
+    transport = Transport(insecure_registries=frozenset({peer.host}), timeout=READ_TIMEOUT)
+    return transport, RegistryClient(transport, CredentialStore())
+
+
+@pytest.mark.parametrize("mode", ["trickle_headers", "trickle_body", "hang"])
+def test_a_request_is_abandoned_at_its_deadline_and_its_connection_closed(mode):
+    with HostileRegistry(mode) as peer:
+        transport, client = client_for(peer)
+        try:
+            started = time.monotonic()
+            with pytest.raises(RegistryUnavailable) as failed:
+                client.get_manifest(Repo(peer.host, "app"), "v1", started + 1.0)
+            elapsed = time.monotonic() - started
+        finally:
+            transport.close()
+
+        assert 0.9 < elapsed < 1.0 + SLACK
+        assert failed.value.registry == peer.host
+        assert peer.wait_until_closed(SLACK) == 0
+
+
+def test_a_slow_but_honest_registry_is_answered_within_its_deadline():
+    with HostileRegistry("slow", delay=1.5) as peer:
+        transport, client = client_for(peer)
+        try:
+            info = client.resolve(Repo(peer.host, "app"), "v1", time.monotonic() + 1.5 + 2 * SLACK)
+        finally:
+            transport.close()
+
+    assert info.digest == MANIFEST_DIGEST
+
+
+def test_a_crawling_blob_ends_the_copy_at_its_deadline_and_nothing_is_tagged():
+    with proxied_pair() as (source, target, proxy, engine):
+        repo = unique("crawl")
+        image = make_image(layers=1, layer_size=2_000_000, seed=repo)
+        push_image(source, repo, "v1", image)
+        # the first 64 KiB at once, then about 30 s per further 64 KiB: every read returns something
+        # well within the per-read timeout, so only an overall deadline stops it
+        proxy.arm(Fault("slow", path_contains="/blobs/", methods=("GET",), rate=2_000))
+
+        started = time.monotonic()
+        with pytest.raises(RegistryUnavailable) as failed:
+            engine.copy(repo, "v1", timeout=2.0)
+        elapsed = time.monotonic() - started
+
+        assert elapsed < 2.0 + SLACK
+        assert failed.value.registry == proxy.host, str(failed.value)  # the source that crawled, not the target
+        assert target_manifest_missing(target, repo, "v1")
