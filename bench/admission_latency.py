@@ -4,7 +4,12 @@ Starts ``dist/imgrep.pyz`` with TLS against a local token-auth registry and talk
 the way the API server does: HTTPS verified against the CA as
 ``image-replicator.image-replicator.svc``, keep-alive connections.
 
-    python bench/admission_latency.py --seconds 10 --clients 8
+With ``--noisy`` every figure is measured twice: quiet, then while a noisy neighbour
+keeps sending dry-run Pods whose 100 images are on a trickling and a hanging host
+(README "Deadlines and bulkheads"); at the end it reports what the hostile lookups
+left behind after their deadlines.
+
+    python bench/admission_latency.py --seconds 10 --clients 8 --noisy
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.helpers.certs import make_ca_and_cert  # noqa: E402
+from tests.helpers.hostile import HostileRegistry  # noqa: E402
 from tests.helpers.images import make_image, push_image  # noqa: E402
 from tests.helpers.registry import RegistryServer  # noqa: E402
 from tests.helpers.tokenserver import TokenServer  # noqa: E402
@@ -40,14 +46,19 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def pod_review(image: str) -> bytes:
+#: seconds the webhook gives registries in this benchmark (the shipped default)
+BUDGET = 8.0
+
+
+def pod_review(*images: str, dry_run: bool = False) -> bytes:
+    containers = [{"name": f"c{i}", "image": image} for i, image in enumerate(images)]
     return json.dumps({
         "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
         "request": {"uid": str(uuid.uuid4()), "kind": {"group": "", "version": "v1", "kind": "Pod"},
                     "resource": {"group": "", "version": "v1", "resource": "pods"},
-                    "namespace": "default", "operation": "CREATE", "dryRun": False,
+                    "namespace": "default", "operation": "CREATE", "dryRun": dry_run,
                     "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bench"},
-                               "spec": {"containers": [{"name": "app", "image": image}]}}},
+                               "spec": {"containers": containers}}},
     }).encode()
 
 
@@ -61,7 +72,7 @@ class Client:
         self.sock = context.wrap_socket(raw, server_hostname=SERVICE_NAME)
         self.reader = self.sock.makefile("rb")
 
-    def admit(self, body: bytes) -> int:
+    def admit(self, body: bytes, must_allow: bool = True) -> int:
         head = (f"POST /validate HTTP/1.1\r\nHost: {SERVICE_NAME}\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n").encode()
         self.sock.sendall(head + body)
@@ -71,7 +82,7 @@ class Client:
             if line.lower().startswith(b"content-length:"):
                 length = int(line.split(b":")[1])
         answer = json.loads(self.reader.read(length))
-        if not answer["response"]["allowed"]:
+        if must_allow and not answer["response"]["allowed"]:
             raise RuntimeError(f"denied: {answer['response']}")
         return status
 
@@ -100,11 +111,22 @@ def run_clients(port: int, ca_file: str, body: bytes, clients: int, seconds: flo
     return latencies, time.monotonic() - started
 
 
-def rss_mib(pid: int) -> float:
+def _neighbour_loop(port: int, ca_file: str, body: bytes, stop) -> None:
+    """The noisy neighbour: the same hostile Pod again as soon as it is answered."""
+    client = Client(port, ca_file)
+    while not stop.is_set():
+        client.admit(body, must_allow=False)
+
+
+def proc_status(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def rss_mib(pid: int) -> float:
+    return proc_status(pid, "VmRSS") / 1024
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -112,31 +134,70 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
 
 
+def cold_checks(client: Client, registry: RegistryServer, label: str, count: int) -> list[float]:
+    """Seconds for one admission of each of ``count`` images pushed just now (never checked before)."""
+    images = []
+    for i in range(count):
+        repository = f"bench/cold-{label}-{uuid.uuid4().hex[:6]}"
+        push_image(registry, repository, "v1", make_image(seed=repository))
+        images.append(f"{registry.host}/{repository}:v1")
+    latencies = []
+    for image in images:
+        started = time.perf_counter()
+        client.admit(pod_review(image))
+        latencies.append(time.perf_counter() - started)
+    return latencies
+
+
+def measure(port: int, ca: str, registry: RegistryServer, images: list[str], args, label: str) -> dict:
+    client = Client(port, ca)
+    cold = cold_checks(client, registry, label, args.cold)
+    body = pod_review(images[0])
+    single, single_wall = run_clients(port, ca, body, 1, args.seconds)
+    many, many_wall = run_clients(port, ca, body, args.clients, args.seconds)
+    return {"cold": cold, "single": (single, single_wall), "many": (many, many_wall)}
+
+
+def report(label: str, figures: dict, clients: int) -> None:
+    cold = figures["cold"]
+    print(f"[{label}] cold check, {len(cold)} new images: p50 {percentile(cold, .5) * 1e3:.1f} ms  "
+          f"p99 {percentile(cold, .99) * 1e3:.1f} ms")
+    for name, count in (("single", 1), ("many", clients)):
+        values, wall = figures[name]
+        print(f"[{label}] warm path, {count} client(s): {len(values) / wall:7.0f} req/s  "
+              f"p50 {percentile(values, .5) * 1e3:.2f} ms  p99 {percentile(values, .99) * 1e3:.2f} ms")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--cold", type=int, default=30, help="new images admitted for the cold-check figures")
+    parser.add_argument("--noisy", action="store_true", help="measure again beside a hostile neighbour")
     args = parser.parse_args()
     subprocess.run([sys.executable, str(ROOT / "build_zipapp.py")], check=True, stdout=subprocess.DEVNULL)
     with TokenServer() as tokens, RegistryServer(auth="token", token_server=tokens) as registry, \
+            HostileRegistry("trickle_headers") as trickler, HostileRegistry("hang") as hanging, \
             tempfile.TemporaryDirectory() as scratch:
         certs = make_ca_and_cert(scratch)
+        ca = str(certs.ca_cert)
         images = [f"{registry.host}/bench/app{i}:v1" for i in range(5)]
         for i in range(5):
             push_image(registry, f"bench/app{i}", "v1", make_image(seed=f"bench{i}"))
         port, health = free_port(), free_port()
         user, password = tokens.credentials
         env = {**os.environ, "PORT": str(port), "HEALTH_PORT": str(health), "TLS_CERT_PATH": str(certs.cert),
-               "TLS_KEY_PATH": str(certs.key), "INSECURE_REGISTRIES": registry.host, "SHUTDOWN_DELAY_SECONDS": "0",
-               "REGISTRY_BENCH_URL": registry.host, "REGISTRY_BENCH_USERNAME": user,
-               "REGISTRY_BENCH_PASSWORD": password}
+               "TLS_KEY_PATH": str(certs.key), "SHUTDOWN_DELAY_SECONDS": "0",
+               "INSECURE_REGISTRIES": f"{registry.host},{trickler.host},{hanging.host}",
+               "ADMISSION_BUDGET_SECONDS": str(BUDGET), "REGISTRY_BENCH_URL": registry.host,
+               "REGISTRY_BENCH_USERNAME": user, "REGISTRY_BENCH_PASSWORD": password}
         server = subprocess.Popen([sys.executable, str(ROOT / "dist" / "imgrep.pyz")], env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 10
             while True:
                 try:
-                    client = Client(port, str(certs.ca_cert))
+                    client = Client(port, ca)
                     break
                 except OSError:
                     if time.monotonic() > deadline:
@@ -150,27 +211,47 @@ def main() -> int:
             manifest_requests = [r for r in registry.requests_since(mark) if "/manifests/" in r.path]
             cold_tokens = len(tokens.requests) - token_requests
 
-            # warm path
-            body = pod_review(images[0])
             mark = registry.mark()
-            single, single_wall = run_clients(port, str(certs.ca_cert), body, 1, args.seconds)
             warm_rss = rss_mib(server.pid)
-            many, many_wall = run_clients(port, str(certs.ca_cert), body, args.clients, args.seconds)
+            quiet = measure(port, ca, registry, images, args, "quiet")
             end_rss = rss_mib(server.pid)
-            warm_registry = len(registry.requests_since(mark))
+            # the warm image's repository only: the cold-check images are asked for on purpose
+            warm_registry = sum(1 for r in registry.requests_since(mark) if "/bench/app" in r.path)
+            noisy = None
+            if args.noisy:
+                threads_before = proc_status(server.pid, "Threads")
+                hostile = [f"{trickler.host}/noisy/t{i}:v1" for i in range(40)]
+                hostile += [f"{hanging.host}/noisy/h{i}:v1" for i in range(60)]
+                stop = multiprocessing.Event()
+                neighbour = multiprocessing.Process(target=_neighbour_loop,
+                                                    args=(port, ca, pod_review(*hostile, dry_run=True), stop))
+                neighbour.start()
+                try:
+                    time.sleep(1.0)  # the hostile lookups are running
+                    noisy = measure(port, ca, registry, images, args, "noisy")
+                    threads_during = proc_status(server.pid, "Threads")
+                finally:
+                    stop.set()
+                    neighbour.join(timeout=BUDGET + 10)
+                    if neighbour.is_alive():
+                        neighbour.terminate()
+                settle = BUDGET + 2.0  # the last hostile lookups reach their deadline
+                left = trickler.wait_until_closed(settle) + hanging.wait_until_closed(1.0)
+                threads_after = proc_status(server.pid, "Threads")
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=20)
 
     print(f"cold path, {len(images)} new images in 5 repositories: {len(manifest_requests)} manifest requests, "
           f"{cold_tokens} token requests ({len(manifest_requests) / len(images):.1f} manifest request per image)")
-    print(f"warm path, 1 client:  {len(single) / single_wall:7.0f} req/s  p50 {percentile(single, .5) * 1e3:.2f} ms  "
-          f"p99 {percentile(single, .99) * 1e3:.2f} ms")
-    print(f"warm path, {args.clients} clients: {len(many) / many_wall:7.0f} req/s  p50 {percentile(many, .5) * 1e3:.2f} ms"
-          f"  p99 {percentile(many, .99) * 1e3:.2f} ms")
-    print(f"registry requests during {len(single) + len(many)} warm admissions: {warm_registry}")
-    print(f"server RSS after warm-up {warm_rss:.1f} MiB, after the {args.clients}-client run {end_rss:.1f} MiB "
+    report("quiet", quiet, args.clients)
+    print(f"registry requests for the warm image during the quiet warm runs: {warm_registry}")
+    print(f"server RSS after warm-up {warm_rss:.1f} MiB, after the quiet runs {end_rss:.1f} MiB "
           f"({(end_rss / warm_rss - 1) * 100:+.1f}%)")
+    if noisy is not None:
+        report("noisy", noisy, args.clients)
+        print(f"noisy neighbour: server threads {threads_before} before, {threads_during} during, "
+              f"{threads_after} after; hostile connections still open {settle:.0f} s after it stopped: {left}")
     return 0
 
 
