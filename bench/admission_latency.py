@@ -125,6 +125,19 @@ def proc_status(pid: int, field: str) -> int:
     return 0
 
 
+def thread_waits(pid: int) -> dict[str, int]:
+    """Threads by the kernel function they sleep in: idle pool threads wait on a futex,
+    threads stuck on a registry wait in poll (a socket read with a timeout)."""
+    waits: dict[str, int] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "wchan").read_text().strip() or "running"
+        except OSError:
+            continue
+        waits[name] = waits.get(name, 0) + 1
+    return dict(sorted(waits.items()))
+
+
 def rss_mib(pid: int) -> float:
     return proc_status(pid, "VmRSS") / 1024
 
@@ -219,7 +232,7 @@ def main() -> int:
             warm_registry = sum(1 for r in registry.requests_since(mark) if "/bench/app" in r.path)
             noisy = None
             if args.noisy:
-                threads_before = proc_status(server.pid, "Threads")
+                threads_before = thread_waits(server.pid)
                 hostile = [f"{trickler.host}/noisy/t{i}:v1" for i in range(40)]
                 hostile += [f"{hanging.host}/noisy/h{i}:v1" for i in range(60)]
                 stop = multiprocessing.Event()
@@ -229,7 +242,7 @@ def main() -> int:
                 try:
                     time.sleep(1.0)  # the hostile lookups are running
                     noisy = measure(port, ca, registry, images, args, "noisy")
-                    threads_during = proc_status(server.pid, "Threads")
+                    threads_during = thread_waits(server.pid)
                 finally:
                     stop.set()
                     neighbour.join(timeout=BUDGET + 10)
@@ -237,7 +250,7 @@ def main() -> int:
                         neighbour.terminate()
                 settle = BUDGET + 2.0  # the last hostile lookups reach their deadline
                 left = trickler.wait_until_closed(settle) + hanging.wait_until_closed(1.0)
-                threads_after = proc_status(server.pid, "Threads")
+                threads_after = thread_waits(server.pid)
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=20)
@@ -250,8 +263,9 @@ def main() -> int:
           f"({(end_rss / warm_rss - 1) * 100:+.1f}%)")
     if noisy is not None:
         report("noisy", noisy, args.clients)
-        print(f"noisy neighbour: server threads {threads_before} before, {threads_during} during, "
-              f"{threads_after} after; hostile connections still open {settle:.0f} s after it stopped: {left}")
+        print(f"noisy neighbour: hostile connections still open {settle:.0f} s after it stopped: {left}")
+        for label, waits in (("before", threads_before), ("during", threads_during), ("after", threads_after)):
+            print(f"  server threads {label}: {sum(waits.values())} {waits}")
     return 0
 
 

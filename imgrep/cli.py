@@ -16,12 +16,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.client import HTTPException
 from urllib.parse import urlencode, urlsplit
 
 from . import __version__
+from .bulkhead import Bulkhead
 from .checker import ImageChecker
 from .copier import Copier, CopyResult, Progress
 from .results import ERROR, EXISTS
@@ -106,7 +106,8 @@ def build_runtime(config: Config) -> Runtime:
     client = RegistryClient(transport, config.credentials)
     checker = ImageChecker(client, cache_ttl=config.cache_ttl_seconds, lookup_timeout=config.admission_budget_seconds,
                            allowed_registries=config.allowed_registries)
-    blob_pool = ThreadPoolExecutor(config.copy_concurrency, thread_name_prefix="imgrep-blob")
+    # COPY_CONCURRENCY streams per source registry, and room for a second source beside a crawling one
+    blob_pool = Bulkhead(2 * config.copy_concurrency, config.copy_concurrency, name="imgrep-blob")
     copier = Copier(client, blob_pool, on_blob=lambda result, size: telemetry.blobs.labels(result=result).inc())
     replicator = None
     if config.target:

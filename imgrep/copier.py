@@ -1,5 +1,8 @@
 """The copy engine: one image, every platform, byte-identical, blobs streamed through a bounded pool.
 
+The pool is a :class:`~imgrep.bulkhead.Bulkhead` keyed by source registry: a source
+that crawls holds at most its share of the transfers (README "Deadlines and bulkheads").
+
 Order is what makes a copy safe to interrupt (OCI distribution spec "Pushing"):
 every blob is verified in the target before the manifest that references it is
 pushed, children before their index, the index by digest before referrers, and
@@ -12,11 +15,12 @@ from __future__ import annotations
 import random
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor, wait, FIRST_EXCEPTION
+from concurrent.futures import Future, wait, FIRST_EXCEPTION
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from .auth import push_scope
+from .bulkhead import Bulkhead
 from .digest import Verifier, is_digest
 from .errors import DigestMismatch, ImgrepError, ManifestNotFound, RegistryError, RegistryUnavailable
 from .manifest import Descriptor, parse_manifest
@@ -88,7 +92,7 @@ class Copier:
     def __init__(
         self,
         client: RegistryClient,
-        pool: ThreadPoolExecutor,
+        pool: Bulkhead,
         *,
         retry: RetryPolicy = RetryPolicy(attempts=4, backoff=0.5, max_backoff=10.0),
         clock: Callable[[], float] = time.monotonic,
@@ -201,7 +205,9 @@ class Copier:
                     progress: Progress) -> BlobStats:
         stats = BlobStats()
         futures: list[Future[str]] = [
-            self.pool.submit(self._copy_blob, source, target, blob, deadline, progress) for blob in blobs
+            self.pool.submit(source.registry, deadline,
+                             lambda blob=blob: self._copy_blob(source, target, blob, deadline, progress))
+            for blob in blobs
         ]
         # every transfer ends by the deadline on its own; the grace lets it say why, naming its registry
         done, pending = wait(futures, timeout=max(0.0, deadline - self.clock()) + DEADLINE_GRACE,

@@ -16,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import Callable
 
+from .bulkhead import Bulkhead
 from .cache import TTLCache
 from .results import ERROR, EXISTS, REPLICATED, CheckResult
 from .config import TargetRegistry
@@ -28,6 +29,8 @@ __all__ = ["Replicator", "target_repository", "failure_backoff"]
 
 #: copy jobs (whole images) at once; their blobs share the copy pool
 MAX_JOBS = 8
+#: copy jobs of one source registry at once: a crawling source leaves the other half to the rest
+MAX_JOBS_PER_REGISTRY = 4
 #: "does the target hold it?" lookups at once, when a source is unreachable
 MAX_PROBES = 4
 #: replicated (target, digest) pairs remembered (CACHE_TTL_SECONDS each), so warm admissions ask no registry
@@ -87,7 +90,7 @@ class Replicator:
         self._failures: dict[str, _Failure] = {}
         self._replicated: TTLCache[str] = TTLCache(MAX_REMEMBERED)
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(MAX_JOBS, thread_name_prefix="imgrep-replicate")
+        self._pool = Bulkhead(MAX_JOBS, MAX_JOBS_PER_REGISTRY, name="imgrep-replicate", clock=clock)
         # quick target lookups get their own threads, so long copies cannot starve them
         self._probes = ThreadPoolExecutor(MAX_PROBES, thread_name_prefix="imgrep-probe")
 
@@ -131,9 +134,18 @@ class Replicator:
                 done.set_exception(_Failed(failure.reason))
                 return done
             progress = Progress()
-            future = self._pool.submit(self._run, ref, digest, key, progress)
+            future = self._pool.submit(ref.api_host, now + self.timeout,
+                                       lambda: self._run(ref, digest, key, progress))
             self._jobs[key] = _Job(future, progress)
-            return future
+        # a job refused by the bulkhead never ran _run, which forgets finished jobs itself
+        future.add_done_callback(lambda done, k=key: self._forget(k, done))
+        return future
+
+    def _forget(self, key: str, future: Future) -> None:
+        with self._lock:
+            job = self._jobs.get(key)
+            if job is not None and job.future is future:
+                del self._jobs[key]
 
     def _run(self, ref: Reference, digest: str, key: str, progress: Progress) -> CopyResult:
         started = self.clock()
@@ -194,7 +206,7 @@ class Replicator:
         return replace(result, status=REPLICATED, digest=future.result().digest)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()
         self._probes.shutdown(wait=False, cancel_futures=True)
 
 

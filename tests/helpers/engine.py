@@ -6,9 +6,9 @@ import contextlib
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 
+from imgrep.bulkhead import Bulkhead
 from imgrep.copier import Copier
 from imgrep.credentials import CredentialStore
 from imgrep.errors import ManifestNotFound, RegistryError
@@ -38,7 +38,7 @@ class Engine:
                                 f"REGISTRY_{name}_PASSWORD": creds[1]})
         self.transport = Transport(insecure_registries=frozenset({source_host, target_host}), timeout=10)
         self.client = RegistryClient(self.transport, CredentialStore.from_sources(environ), retry=retry)
-        self.pool = ThreadPoolExecutor(4)
+        self.pool = Bulkhead(8, 4, name="test-blob")
         self.blob_results: list[str] = []
         self.copier = Copier(self.client, self.pool, retry=retry,
                              on_blob=lambda result, size: self.blob_results.append(result))

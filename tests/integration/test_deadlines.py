@@ -4,10 +4,13 @@ hosts that accept and never answer, blobs that crawl during a copy."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
 
+from imgrep.bulkhead import Bulkhead
+from imgrep.copier import Copier
 from imgrep.credentials import CredentialStore
 from imgrep.errors import RegistryUnavailable
 from imgrep.registry import RegistryClient, Repo
@@ -73,3 +76,42 @@ def test_a_crawling_blob_ends_the_copy_at_its_deadline_and_nothing_is_tagged():
         assert elapsed < 2.0 + SLACK
         assert failed.value.registry == proxy.host, str(failed.value)  # the source that crawled, not the target
         assert target_manifest_missing(target, repo, "v1")
+
+
+def test_a_crawling_source_leaves_copies_from_other_registries_running():
+    """Four crawling layers used to take every blob thread and stop all replication."""
+    with proxied_pair() as (source, target, proxy, _):
+        crawling, healthy = unique("crawl"), unique("healthy")
+        push_image(source, crawling, "v1", make_image(layers=4, layer_size=2_000_000, seed=crawling))
+        push_image(source, healthy, "v1", make_image(layers=2, layer_size=500_000, seed=healthy))
+        proxy.arm(Fault("slow", path_contains="/blobs/", methods=("GET",), rate=2_000))
+        transport = Transport(insecure_registries=frozenset({proxy.host, source.host, target.host}), timeout=30)
+        pool = Bulkhead(8, 4, name="test-blob")
+        copier = Copier(RegistryClient(transport, CredentialStore()), pool)
+        failures: list[Exception] = []
+
+        def copy_crawling() -> None:
+            try:
+                copier.copy(Repo(proxy.host, crawling), "v1", Repo(target.host, crawling), time.monotonic() + 8)
+            except RegistryUnavailable as exc:
+                failures.append(exc)
+
+        stuck = threading.Thread(target=copy_crawling)
+        stuck.start()
+        try:
+            deadline = time.monotonic() + 10
+            while proxy.hits < 4 and time.monotonic() < deadline:  # all four layers are crawling now
+                time.sleep(0.02)
+            assert proxy.hits == 4
+            started = time.monotonic()
+            result = copier.copy(Repo(source.host, healthy), "v1", Repo(target.host, healthy),
+                                 time.monotonic() + 20)
+            elapsed = time.monotonic() - started
+        finally:
+            stuck.join(15)
+            pool.shutdown()
+            transport.close()
+
+        assert result.copied and elapsed < 3.0
+        assert not target_manifest_missing(target, healthy, "v1")
+        assert len(failures) == 1 and target_manifest_missing(target, crawling, "v1")
