@@ -8,8 +8,9 @@ then misbehaves as it was told:
 - ``trickle_body``: sends honest headers at once, then the body one byte at a time;
 - ``slow``: answers correctly, after ``delay`` seconds (slow but honest).
 
-It counts the connections the client still holds open, so a test can prove that
-abandoned requests really were abandoned, and it stops everything it started.
+With ``tls=(cert, key)`` it misbehaves over HTTPS, where every trickled byte is a TLS
+record. It counts the connections the client still holds open, so a test can prove
+that abandoned requests really were abandoned, and it stops everything it started.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import select
 import socket
 import socketserver
+import ssl
 import threading
 import time
 
@@ -42,11 +44,15 @@ _MODES = ("hang", "trickle_headers", "trickle_body", "slow")
 class HostileRegistry:
     """``with HostileRegistry("hang") as peer:`` … ``peer.host`` is ``127.0.0.1:PORT``."""
 
-    def __init__(self, mode: str, *, delay: float = 1.5):
+    def __init__(self, mode: str, *, delay: float = 1.5, tls: tuple[str, str] | None = None):
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {_MODES}")
         self.mode = mode
         self.delay = delay
+        self._tls = None
+        if tls:
+            self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self._tls.load_cert_chain(*tls)
         self.requests = 0
         self._open = 0
         self._lock = threading.Lock()
@@ -99,6 +105,11 @@ class HostileRegistry:
             self._open += 1
         try:
             sock.settimeout(1.0)
+            if self._tls is not None:
+                try:
+                    sock = self._tls.wrap_socket(sock, server_side=True)
+                except (OSError, ssl.SSLError):
+                    return
             end = time.monotonic() + MAX_CONNECTION_SECONDS
             while not self._stop.is_set() and time.monotonic() < end:
                 method = self._read_head(sock, end)

@@ -15,6 +15,7 @@ from imgrep.credentials import CredentialStore
 from imgrep.errors import RegistryUnavailable
 from imgrep.registry import RegistryClient, Repo
 from imgrep.transport import Transport
+from tests.helpers.certs import make_ca_and_cert
 from tests.helpers.engine import proxied_pair, target_manifest_missing, unique
 from tests.helpers.faultproxy import Fault
 from tests.helpers.hostile import MANIFEST_DIGEST, HostileRegistry
@@ -26,8 +27,9 @@ SLACK = 2.0
 READ_TIMEOUT = 30.0
 
 
-def client_for(peer: HostileRegistry) -> tuple[Transport, RegistryClient]:
-    transport = Transport(insecure_registries=frozenset({peer.host}), timeout=READ_TIMEOUT)
+def client_for(peer: HostileRegistry, ca_file: str | None = None) -> tuple[Transport, RegistryClient]:
+    insecure = frozenset() if ca_file else frozenset({peer.host})
+    transport = Transport(insecure_registries=insecure, ca_file=ca_file, timeout=READ_TIMEOUT)
     return transport, RegistryClient(transport, CredentialStore())
 
 
@@ -45,6 +47,24 @@ def test_a_request_is_abandoned_at_its_deadline_and_its_connection_closed(mode):
 
         assert 0.9 < elapsed < 1.0 + SLACK
         assert failed.value.registry == peer.host
+        assert peer.wait_until_closed(SLACK) == 0
+
+
+@pytest.mark.parametrize("mode", ["trickle_headers", "trickle_body"])
+def test_over_tls_too_a_trickled_answer_ends_at_the_deadline(mode, tmp_path):
+    certs = make_ca_and_cert(tmp_path)
+    with HostileRegistry(mode, tls=(str(certs.cert), str(certs.key))) as peer:
+        transport, client = client_for(peer, ca_file=str(certs.ca_cert))
+        try:
+            started = time.monotonic()
+            with pytest.raises(RegistryUnavailable):
+                client.get_manifest(Repo(peer.host, "app"), "v1", started + 1.0)
+            elapsed = time.monotonic() - started
+        finally:
+            transport.close()
+
+        assert 0.9 < elapsed < 1.0 + SLACK
+        assert peer.requests == 1  # the TLS request really reached it before it began to trickle
         assert peer.wait_until_closed(SLACK) == 0
 
 
