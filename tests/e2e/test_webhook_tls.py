@@ -17,11 +17,12 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import SERVICE_NAME, ApiServerConnection, free_port
+from tests.e2e.conftest import SERVICE_NAME, ApiServerConnection
 from tests.e2e.reviews import KINDS, V1, V1BETA1, absent, answer_of, assert_denied, decide, pod, review, workload
 from tests.helpers.binaries import require_binary
 from tests.helpers.certs import issue_cert, make_ca_and_cert
 from tests.helpers.images import make_image, push_image
+from tests.helpers.ports import refusing_port
 from tests.helpers.registry import RegistryServer
 
 # --- images --------------------------------------------------------------------------
@@ -138,14 +139,15 @@ def test_audit_mode_allows_with_a_warning_naming_the_missing_image(start_webhook
 
 
 def test_unreachable_registry_follows_the_error_policy(webhook, start_webhook):
-    unreachable = f"127.0.0.1:{free_port()}/team/app:v1"  # nothing listens there
     lenient = start_webhook(REGISTRY_ERROR_POLICY="allow")
+    with refusing_port() as nobody:
+        unreachable = f"127.0.0.1:{nobody}/team/app:v1"
 
-    allowed = decide(lenient, review(pod(unreachable)))
-    assert allowed["allowed"] is True
-    assert any(unreachable in w and "registry unreachable" in w for w in allowed["warnings"]), allowed
+        allowed = decide(lenient, review(pod(unreachable)))
+        assert allowed["allowed"] is True
+        assert any(unreachable in w and "registry unreachable" in w for w in allowed["warnings"]), allowed
 
-    assert_denied(decide(webhook, review(pod(unreachable))), unreachable, "registry unreachable")
+        assert_denied(decide(webhook, review(pod(unreachable))), unreachable, "registry unreachable")
 
 
 def _no_uid_review() -> bytes:
