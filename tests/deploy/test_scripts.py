@@ -19,6 +19,7 @@ import pytest
 
 from tests.deploy.kube import REPO, find, offline_env, run, yaml_to_objects
 from tests.helpers.binaries import require_binary
+from tests.helpers.serving import start_serving, stop_process
 
 SCRIPTS = REPO / "scripts"
 SERVER_NAME = "image-replicator.image-replicator.svc"
@@ -161,48 +162,19 @@ def test_a_client_trusting_only_the_bundle_accepts_the_service_name_and_nothing_
     assert not thread.is_alive()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture
 def imgrep_with_generated_certs(openssl, tmp_path, env):
     """imgrep serving the certificates generate-certs.sh made, stopped after the test."""
     out = tmp_path / "certs"
     bundle_pem = base64.b64decode(generate(out, env).stdout.strip()).decode()
-    port, health_port = free_port(), free_port()
-    server_env = {"PATH": os.environ["PATH"], "PORT": str(port), "HEALTH_PORT": str(health_port),
-                  "TLS_CERT_PATH": str(out / "tls.crt"), "TLS_KEY_PATH": str(out / "tls.key"),
-                  "SHUTDOWN_DELAY_SECONDS": "0"}
-    log = tmp_path / "imgrep.log"
-    with log.open("wb") as log_file:
-        process = subprocess.Popen([sys.executable, "-m", "imgrep", "serve"], cwd=REPO, env=server_env,
-                                   stdout=log_file, stderr=subprocess.STDOUT)
+    server_env = {"PATH": os.environ["PATH"], "TLS_CERT_PATH": str(out / "tls.crt"),
+                  "TLS_KEY_PATH": str(out / "tls.key"), "SHUTDOWN_DELAY_SECONDS": "0"}
+    serving = start_serving([sys.executable, "-m", "imgrep", "serve"], server_env, cwd=REPO,
+                            output=tmp_path / "imgrep.log")
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                health = http.client.HTTPConnection("127.0.0.1", health_port, timeout=2)
-                health.request("GET", "/readyz")
-                if health.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            finally:
-                health.close()
-            assert time.monotonic() < deadline, f"imgrep did not become ready: {log.read_text()}"
-            time.sleep(0.1)
-        yield port, bundle_pem, out
+        yield serving.port, bundle_pem, out
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop_process(serving.process)
 
 
 def test_imgrep_serves_the_generated_certificate_to_a_client_verifying_like_the_api_server(

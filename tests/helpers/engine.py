@@ -15,6 +15,7 @@ from imgrep.errors import ManifestNotFound, RegistryError
 from imgrep.registry import RegistryClient, Repo
 from imgrep.retry import RetryPolicy
 from imgrep.transport import Transport
+from tests.helpers.clock import wait_until
 from tests.helpers.faultproxy import Fault, FaultProxy
 from tests.helpers.images import make_image, push_image
 from tests.helpers.registry import RegistryServer
@@ -65,8 +66,9 @@ def target_manifest_missing(target, repo: str, digest: str) -> bool:
     return False
 
 
-def copy_until_interrupted(engine: Engine, repo: str, target, interrupt) -> list[RegistryError]:
-    """Copy ``repo:v1`` in a thread; once ``target`` has opened an upload, call ``interrupt()``.
+def copy_until_interrupted(engine: Engine, repo: str, proxy: FaultProxy, target, interrupt) -> list[RegistryError]:
+    """Copy ``repo:v1`` in a thread and call ``interrupt()`` mid-copy: once ``target`` holds a
+    blob of it while others are still coming slowly through ``proxy`` (see trickling_image).
 
     Returns the errors the copy ended with (empty when it survived the interruption).
     """
@@ -80,13 +82,18 @@ def copy_until_interrupted(engine: Engine, repo: str, target, interrupt) -> list
 
     copying = threading.Thread(target=run)
     copying.start()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not any(r.path.endswith("/blobs/uploads/") for r in target.requests()):
-        time.sleep(0.02)
-    time.sleep(0.3)  # blobs are moving now
-    interrupt()
+    # the slow bodies are asked about last, right before the interruption
+    midway = wait_until(lambda: _holds_a_blob(target) and proxy.slow_bodies() > 0, timeout=20)
+    if midway:
+        interrupt()
     copying.join(timeout=40)
+    assert midway, "the copy never had a blob in the target while others were still on their way"
     return errors
+
+
+def _holds_a_blob(target) -> bool:
+    """Whether the target has taken a blob upload to its end (201 Created)."""
+    return any(r.method == "PUT" and "/blobs/uploads/" in r.path and r.status == 201 for r in target.requests())
 
 
 @contextlib.contextmanager
@@ -101,8 +108,8 @@ def proxied_pair(retry: RetryPolicy = RetryPolicy()) -> Iterator[tuple]:
 
 
 def trickling_image(source, proxy, repo: str):
-    """Three 20 MB layers, larger than socket buffers hold, served slowly: an interruption
-    lands while they are moving."""
+    """Three 20 MB layers, larger than socket buffers hold, each taking a second or more
+    through the proxy: an interruption lands while they are moving."""
     image = make_image(layers=3, layer_size=20_000_000, seed=repo)
     push_image(source, repo, "v1", image)
     proxy.arm(Fault("slow", path_contains="/blobs/", methods=("GET",), rate=20_000_000))

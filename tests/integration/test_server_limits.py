@@ -12,14 +12,16 @@ import pytest
 
 from imgrep.logs import Logger
 from imgrep.server import REQUEST_TIMEOUT, App, HttpServer, Lifecycle
+from tests.helpers.clock import wait_until
 
 
 @pytest.fixture()
 def server_factory():
     started: list[HttpServer] = []
-    release = threading.Event()
+    entered, release = threading.Event(), threading.Event()
 
     def slow(body, headers):
+        entered.set()
         release.wait(5)
         return 200, "application/json", b'{"slow": true}'
 
@@ -32,11 +34,17 @@ def server_factory():
         started.append(server)
         return server
 
-    make.release = release
+    make.entered, make.release = entered, release
     yield make
     release.set()
     for server in started:
         server.drain(grace=2)
+
+
+def tracked(server: HttpServer) -> int:
+    """Connections the server has taken up and watches (the reaper's own table)."""
+    with server._conn_lock:
+        return len(server._connections)
 
 
 def get(server: HttpServer, path: str = "/ok", timeout: float = 5) -> int:
@@ -52,7 +60,7 @@ def test_a_client_trickling_its_request_is_cut_off_and_others_are_served(server_
     server = server_factory()
     loris = socket.create_connection(("127.0.0.1", server.server_address[1]))
     loris.sendall(b"GET /ok HTTP/1.1\r\nX-Slow: ")  # and never finishes
-    time.sleep(0.2)
+    assert wait_until(lambda: tracked(server) == 1)
 
     assert server.reap(time.monotonic()) == 0  # within its time it is left alone
     assert server.reap(time.monotonic() + REQUEST_TIMEOUT + 1) == 1
@@ -68,7 +76,7 @@ def test_a_request_being_answered_is_never_reaped(server_factory):
     answers: list[int] = []
     worker = threading.Thread(target=lambda: answers.append(get(server, "/slow")))
     worker.start()
-    time.sleep(0.3)
+    assert server_factory.entered.wait(5)
 
     assert server.reap(time.monotonic() + REQUEST_TIMEOUT + 1) == 0
     server_factory.release.set()
@@ -79,7 +87,7 @@ def test_a_request_being_answered_is_never_reaped(server_factory):
 def test_connections_beyond_the_cap_wait_for_a_free_slot(server_factory):
     server = server_factory(max_connections=2)
     holders = [socket.create_connection(("127.0.0.1", server.server_address[1])) for _ in range(2)]
-    time.sleep(0.3)
+    assert wait_until(lambda: tracked(server) == 2)  # both slots taken
     answers: list[int] = []
     waiting = threading.Thread(target=lambda: answers.append(get(server)))
     waiting.start()
