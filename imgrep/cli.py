@@ -23,7 +23,7 @@ from urllib.parse import urlencode, urlsplit
 
 from . import __version__
 from .checker import ImageChecker
-from .copier import Copier, CopyResult, Progress
+from .copier import LOOKUP_CONCURRENCY, Copier, CopyResult, Progress
 from .results import ERROR, EXISTS
 from .config import Config, load_config
 from .errors import ConfigError, ImgrepError
@@ -106,7 +106,9 @@ def build_runtime(config: Config) -> Runtime:
     client = RegistryClient(transport, config.credentials)
     checker = ImageChecker(client, cache_ttl=config.cache_ttl_seconds, allowed_registries=config.allowed_registries)
     blob_pool = ThreadPoolExecutor(config.copy_concurrency, thread_name_prefix="imgrep-blob")
-    copier = Copier(client, blob_pool, on_blob=lambda result, size: telemetry.blobs.labels(result=result).inc())
+    lookup_pool = ThreadPoolExecutor(LOOKUP_CONCURRENCY, thread_name_prefix="imgrep-lookup")
+    copier = Copier(client, blob_pool, lookups=lookup_pool,
+                    on_blob=lambda result, size: telemetry.blobs.labels(result=result).inc())
     replicator = None
     if config.target:
         replicator = Replicator(copier, client, config.target, include_registry=config.target_include_registry,

@@ -9,7 +9,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 
-from imgrep.copier import Copier
+from imgrep.copier import LOOKUP_CONCURRENCY, Copier
 from imgrep.credentials import CredentialStore
 from imgrep.errors import ManifestNotFound, RegistryError
 from imgrep.registry import RegistryClient, Repo
@@ -39,8 +39,9 @@ class Engine:
         self.transport = Transport(insecure_registries=frozenset({source_host, target_host}), timeout=10)
         self.client = RegistryClient(self.transport, CredentialStore.from_sources(environ), retry=retry)
         self.pool = ThreadPoolExecutor(4)
+        self.lookups = ThreadPoolExecutor(LOOKUP_CONCURRENCY)
         self.blob_results: list[str] = []
-        self.copier = Copier(self.client, self.pool, retry=retry,
+        self.copier = Copier(self.client, self.pool, retry=retry, lookups=self.lookups,
                              on_blob=lambda result, size: self.blob_results.append(result))
         self.source_host, self.target_host = source_host, target_host
 
@@ -50,6 +51,7 @@ class Engine:
 
     def close(self) -> None:
         self.pool.shutdown()
+        self.lookups.shutdown()
         self.transport.close()
 
 
