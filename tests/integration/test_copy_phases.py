@@ -10,13 +10,16 @@ whose blobs are missing), and the next attempt brings everything, referrers too.
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Iterator
 
 import pytest
 
+from imgrep.auth import push_scope
 from imgrep.copier import signature_tags
-from imgrep.errors import RegistryError
+from imgrep.errors import ManifestNotFound, RegistryError
+from imgrep.registry import Repo
 from tests.helpers.engine import FAST_RETRY, Engine, target_manifest_missing, unique
 from tests.helpers.faultproxy import Fault, FaultProxy
 from tests.helpers.images import Image, Index, make_image, make_index, push_image
@@ -167,3 +170,28 @@ def test_referrers_api_listing_travels_and_is_pushed_after_the_index(proxied_bot
               if r.method == "PUT" and "/manifests/" in r.path]
     assert pushes.index(index.digest) < pushes.index(sbom.digest) < pushes.index("v1") == len(pushes) - 1
     assert not target_manifest_missing(target, repo, sbom.digest)
+
+
+def test_upload_token_fetched_ahead_is_the_one_the_uploads_then_use(registry_noauth, registry_token):
+    tokens = registry_token.token_server
+    engine = Engine(registry_noauth.host, None, registry_token.host, registry_token.credentials)
+    target = Repo(registry_token.host, unique("ahead"))
+    scopes = (push_scope(target.repository),)
+    try:
+        before = len(tokens.requests)
+        engine.client.authorize(target, scopes, time.monotonic() + 10)
+        assert tokens.requests[before:] == []  # the registry's challenge is not known yet: nothing to do
+        with pytest.raises(ManifestNotFound):  # the copy's target check, which learns the challenge
+            engine.client.resolve(target, "v1", time.monotonic() + 10)
+
+        before = len(tokens.requests)
+        engine.client.authorize(target, scopes, time.monotonic() + 10)
+        fetched_ahead = [r.scopes for r in tokens.requests[before:]]
+        mark = registry_token.mark()
+        assert not engine.client.blob_exists(target, "sha256:" + "0" * 64, time.monotonic() + 10, scopes=scopes)
+    finally:
+        engine.close()
+
+    assert fetched_ahead == [scopes]
+    assert len(tokens.requests) == before + 1  # the upload's request used it
+    assert [(r.method, r.status) for r in registry_token.requests_since(mark)] == [("HEAD", 404)]  # no 401 first
