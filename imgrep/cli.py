@@ -23,7 +23,7 @@ from urllib.parse import urlencode, urlsplit
 from . import __version__
 from .bulkhead import Bulkhead
 from .checker import ImageChecker
-from .copier import Copier, CopyResult, Progress
+from .copier import LOOKUP_CONCURRENCY, Copier, CopyResult, Progress
 from .results import ERROR, EXISTS
 from .config import Config, load_config
 from .errors import ConfigError, ImgrepError
@@ -108,7 +108,9 @@ def build_runtime(config: Config) -> Runtime:
                            allowed_registries=config.allowed_registries)
     # COPY_CONCURRENCY streams per source registry, and room for a second source beside a crawling one
     blob_pool = Bulkhead(2 * config.copy_concurrency, config.copy_concurrency, name="imgrep-blob")
-    copier = Copier(client, blob_pool, on_blob=lambda result, size: telemetry.blobs.labels(result=result).inc())
+    lookup_pool = Bulkhead(2 * LOOKUP_CONCURRENCY, LOOKUP_CONCURRENCY, name="imgrep-lookup")
+    copier = Copier(client, blob_pool, lookups=lookup_pool,
+                    on_blob=lambda result, size: telemetry.blobs.labels(result=result).inc())
     replicator = None
     if config.target:
         replicator = Replicator(copier, client, config.target, include_registry=config.target_include_registry,

@@ -209,6 +209,14 @@ class RegistryClient:
         except (ManifestNotFound, RegistryProtocolError):
             return None
 
+    def authorize(self, repo: Repo, scopes: tuple[str, ...], deadline: float) -> None:
+        """Get the token ``scopes`` need before the requests that need it, so a copy can obtain
+        upload rights while it reads the source. Nothing happens until a request has learnt the
+        registry's challenge, nor for registries that do not use tokens."""
+        challenge = self._challenges.get(repo.registry)
+        if challenge is not None and challenge.scheme == "bearer":
+            self._authorization(repo, challenge, scopes, self.credentials.lookup(repo.registry), deadline)
+
     def _location(self, repo: Repo, response: Response) -> str:
         location = response.header("Location")
         if not location:

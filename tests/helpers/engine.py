@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Iterator
 
 from imgrep.bulkhead import Bulkhead
-from imgrep.copier import Copier
+from imgrep.copier import LOOKUP_CONCURRENCY, Copier
 from imgrep.credentials import CredentialStore
 from imgrep.errors import ManifestNotFound, RegistryError
 from imgrep.registry import RegistryClient, Repo
@@ -40,8 +40,9 @@ class Engine:
         self.transport = Transport(insecure_registries=frozenset({source_host, target_host}), timeout=10)
         self.client = RegistryClient(self.transport, CredentialStore.from_sources(environ), retry=retry)
         self.pool = Bulkhead(8, 4, name="test-blob")
+        self.lookups = Bulkhead(2 * LOOKUP_CONCURRENCY, LOOKUP_CONCURRENCY, name="test-lookup")
         self.blob_results: list[str] = []
-        self.copier = Copier(self.client, self.pool, retry=retry,
+        self.copier = Copier(self.client, self.pool, retry=retry, lookups=self.lookups,
                              on_blob=lambda result, size: self.blob_results.append(result))
         self.source_host, self.target_host = source_host, target_host
 
@@ -51,6 +52,7 @@ class Engine:
 
     def close(self) -> None:
         self.pool.shutdown()
+        self.lookups.shutdown()
         self.transport.close()
 
 
