@@ -2,8 +2,9 @@
 
 Concurrent admissions of one image share one copy job. A job that outlives its
 admission request goes on in the background (bounded by ``REGISTRY_TIMEOUT``) and
-the request is denied with ``replicating, retry shortly``; controllers retry and the
-next request after the copy finishes is allowed. A failed copy is reported with its
+its result says ``copying``: a Pod is denied with ``replicating, retry shortly``
+(controllers retry, and the next request after the copy finishes is allowed), a
+workload is allowed with a warning (``policy.decide``). A failed copy is reported with its
 reason and retried only after a backoff that grows with each failure.
 """
 
@@ -198,7 +199,7 @@ class Replicator:
             progress = f" ({job.progress.describe()})" if job else ""
             # not temporary for REGISTRY_ERROR_POLICY: nodes cannot pull what is not there yet
             return replace(result, status=ERROR, reason="replicating, retry shortly", detail=progress.strip(" ()"),
-                           temporary=False)
+                           temporary=False, copying=True)
         error = future.exception()
         if error is not None:
             return replace(result, status=ERROR, reason="replication failed", detail=_failure_reason(error),

@@ -75,6 +75,7 @@ def test_failure_is_reported_and_retried_only_after_its_backoff(clock):
     try:
         first = subject.replicate_all([found()], clock() + 5)[0]
         assert first.reason == "replication failed" and "sha256:bad" in first.detail
+        assert first.copying is False
         again = subject.replicate_all([found()], clock() + 5)[0]
         assert again.reason == "replication failed" and copier.calls == 1
         clock.advance(6)  # past the first backoff (5 s)
@@ -104,6 +105,7 @@ def test_a_copy_running_past_the_budget_is_reported_as_replicating(clock):
     try:
         [result] = subject.replicate_all([found()], clock() + SHORT_BUDGET)
         assert result.reason == "replicating, retry shortly" and "MiB" in result.detail
+        assert result.copying is True  # the typed signal the policy reads, not the wording
     finally:
         hold.set()
         subject.close()
