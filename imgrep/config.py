@@ -30,6 +30,11 @@ class TargetRegistry:
     def __str__(self) -> str:
         return f"{self.host}/{self.prefix}" if self.prefix else self.host
 
+    def contains(self, registry: str, repository: str) -> bool:
+        """Whether ``registry/repository`` is in this registry under its prefix: an image that
+        already points at a copy here (a mutated Pod's) is checked here, never copied into itself."""
+        return registry == self.host and (not self.prefix or repository.startswith(self.prefix + "/"))
+
 
 @dataclass(frozen=True)
 class Config:

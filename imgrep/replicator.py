@@ -114,6 +114,8 @@ class Replicator:
         ref = result.reference
         if ref is None:
             return result, None
+        if self.target.contains(ref.registry, ref.repository):  # a copy already (a mutated Pod's): checked there
+            return result, None
         if result.status == ERROR and result.temporary:
             return result, self._probes.submit(self._target_holds, result, deadline)
         if result.status != EXISTS:

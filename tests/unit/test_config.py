@@ -228,3 +228,21 @@ def test_summary_says_where_credentials_came_from():
     }
     assert summary["tls"] == "/certs/tls.crt"
     assert load({"SKIP_TLS": "true"}).summary()["tls"] == "off"
+
+
+@pytest.mark.parametrize(("registry", "repository", "inside"), [
+    ("mirror.local:5000", "cache/library/nginx", True),
+    ("mirror.local:5000", "cache/a/b/c", True),
+    ("mirror.local:5000", "cache", False),  # the prefix itself is no copy
+    ("mirror.local:5000", "cachet/nginx", False),
+    ("mirror.local:5000", "library/nginx", False),
+    ("mirror.local", "cache/library/nginx", False),  # another port is another registry
+    ("docker.io", "cache/library/nginx", False),
+])
+def test_target_contains_only_its_own_host_under_its_prefix(registry, repository, inside):
+    assert TargetRegistry("mirror.local:5000", "cache").contains(registry, repository) is inside
+
+
+def test_a_target_without_prefix_contains_every_repository_of_its_host():
+    assert TargetRegistry("mirror.local").contains("mirror.local", "library/nginx")
+    assert not TargetRegistry("mirror.local").contains("other.local", "library/nginx")

@@ -13,7 +13,7 @@ from imgrep.copier import BlobStats, CopyResult
 from imgrep.errors import DigestMismatch
 from imgrep.reference import parse_reference
 from imgrep.replicator import Replicator
-from imgrep.results import EXISTS, REPLICATED, CheckResult
+from imgrep.results import EXISTS, MISSING, REPLICATED, CheckResult
 from tests.helpers.clock import FakeClock
 
 DIGEST = "sha256:" + "d" * 64
@@ -108,4 +108,20 @@ def test_a_copy_running_past_the_budget_is_reported_as_replicating(clock):
         assert result.copying is True  # the typed signal the policy reads, not the wording
     finally:
         hold.set()
+        subject.close()
+
+
+def test_an_image_that_already_names_the_target_copy_is_never_copied_into_itself(clock):
+    copier = FakeCopier()
+    subject = replicator(copier, clock)
+    try:
+        mirrored = found(f"mirror.local/cache/team/app:v1@{DIGEST}")  # checked in the target
+        gone = "mirror.local/cache/team/gone:v1"
+        missing = CheckResult(gone, MISSING, parse_reference(gone), reason="not found")
+        assert subject.replicate_all([mirrored, missing], clock() + 5) == [mirrored, missing]
+        assert copier.calls == 0
+        # the same host outside the prefix is a source like any other
+        assert subject.replicate_all([found("mirror.local/team/app:v1")], clock() + 5)[0].status == REPLICATED
+        assert copier.calls == 1
+    finally:
         subject.close()
