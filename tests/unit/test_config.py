@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from imgrep.config import DEFAULT_EXCLUDED_NAMESPACES, Config, TargetRegistry, load_config
+from imgrep.config import (DEFAULT_EXCLUDED_NAMESPACES, MUTATE_OFF, MUTATE_PIN, MUTATE_TARGET, Config, TargetRegistry,
+                           load_config)
 from imgrep.errors import ConfigError
 
 
@@ -42,6 +43,7 @@ def test_defaults_follow_the_spec():
     assert config.require_credentials is False
     assert config.inventory_max == 10000 and config.inventory_file is None
     assert config.debug is False and config.log_format == "text"
+    assert config.mutate == MUTATE_OFF
 
 
 def test_config_is_immutable():
@@ -139,6 +141,8 @@ BAD = [
     ("DOCKER_CONFIG_JSON", "{not json"),
     ("DOCKER_CONFIG_PATH", "/no/such/config.json"),
     ("REGISTRY_CA_FILE", "/no/such/ca.pem"),
+    ("MUTATE", "always"),
+    ("MUTATE", "true"),  # without TARGET_REGISTRY there is no copy to point at
 ]
 
 
@@ -228,6 +232,25 @@ def test_summary_says_where_credentials_came_from():
     }
     assert summary["tls"] == "/certs/tls.crt"
     assert load({"SKIP_TLS": "true"}).summary()["tls"] == "off"
+
+
+@pytest.mark.parametrize(("environ", "expected"), [
+    ({"MUTATE": "false"}, MUTATE_OFF),
+    ({"MUTATE": ""}, MUTATE_OFF),
+    ({"MUTATE": "pin"}, MUTATE_PIN),
+    ({"MUTATE": "PIN", "TARGET_REGISTRY": "mirror.local"}, MUTATE_PIN),
+    ({"MUTATE": "true", "TARGET_REGISTRY": "mirror.local/cache"}, MUTATE_TARGET),
+    ({"MUTATE": "on", "TARGET_REGISTRY": "mirror.local"}, MUTATE_TARGET),
+])
+def test_mutate_is_off_by_default_and_needs_a_target_to_point_at_it(environ, expected):
+    config = load(environ)
+    assert config.mutate == expected
+    assert config.summary()["mutate"] == expected  # the start-up log says whether it is on
+
+
+def test_mutate_true_without_a_target_says_what_to_do_instead():
+    with pytest.raises(ConfigError, match="MUTATE=pin"):
+        load({"MUTATE": "true"})
 
 
 @pytest.mark.parametrize(("registry", "repository", "inside"), [
