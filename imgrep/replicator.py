@@ -98,14 +98,17 @@ class Replicator:
     def target_repo(self, reference: Reference) -> Repo:
         return Repo(self.target.host, target_repository(reference, self.target, self.include_registry))
 
-    def replicate_all(self, results: list[CheckResult], deadline: float) -> list[CheckResult]:
+    def replicate_all(self, results: list[CheckResult], deadline: float, *,
+                      wait_for_copies: bool = True) -> list[CheckResult]:
         """Each existing image copied (or found) in the target; others pass through unchanged.
 
         Source errors are turned into allowance with a warning when the target holds the
-        tag (SPEC: "source unreachable but the target already holds the tag").
+        tag (SPEC: "source unreachable but the target already holds the tag"). Without
+        ``wait_for_copies`` a copy is started (or joined) but only one already done counts.
         """
         slots = [self._start(result, deadline) for result in results]
-        pending = [slot[1] for slot in slots if slot[1] is not None]
+        pending = [future for result, future in slots
+                   if future is not None and (wait_for_copies or result.status == ERROR)]
         if pending:
             wait(pending, timeout=max(0.0, deadline - self.clock()))
         return [self._settle(result, future) for result, future in slots]

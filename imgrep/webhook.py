@@ -14,12 +14,12 @@ from typing import Callable
 from .admission import WORKLOAD_KINDS, AdmissionRequest, decode_review, encode_response
 from .checker import ImageChecker
 from .results import CheckResult
-from .config import Config
+from .config import MUTATE_TARGET, Config
 from .errors import BadAdmissionReview
 from .inventory import Inventory
 from .inventory_store import InventoryStore
 from .logs import Logger
-from .policy import Decision, decide, too_many_images, triage
+from .policy import POD_KINDS, Decision, decide, too_many_images, triage
 from .replicator import Replicator
 from .telemetry import Telemetry
 
@@ -101,18 +101,22 @@ class Webhook:
         if refused is not None:
             return refused, []
         replicate = self.replicator is not None and not request.dry_run  # sideEffects: NoneOnDryRun
-        results = self.look_up(list(request.new_images), deadline, replicate=replicate)
+        # With Pods pointed at the mirror, /mutate has waited for their copies and rewritten what was
+        # done. A copy that completed while validation waited would admit the Pod as written, unmirrored.
+        pointed = self.config.mutate == MUTATE_TARGET and request.kind in POD_KINDS
+        results = self.look_up(list(request.new_images), deadline, replicate=replicate, wait_for_copies=not pointed)
         decision = decide(request, results, mode=self.config.mode, error_policy=self.config.registry_error_policy)
         return decision, results
 
-    def look_up(self, images: list[str], deadline: float, *, replicate: bool) -> list[CheckResult]:
+    def look_up(self, images: list[str], deadline: float, *, replicate: bool,
+                wait_for_copies: bool = True) -> list[CheckResult]:
         """One check result per image within ``deadline``; with ``replicate``, copied to the target too
         (the mutating endpoint asks the same, and shares the same lookups and copies)."""
         reserve = self.config.admission_budget_seconds * TARGET_FALLBACK_SHARE if replicate else 0.0
         results = self.checker.check_all(images, deadline - reserve)
         self._count_checks(results)
         if replicate:
-            results = self.replicator.replicate_all(results, deadline)
+            results = self.replicator.replicate_all(results, deadline, wait_for_copies=wait_for_copies)
         return results
 
     def _remember(self, request: AdmissionRequest, results: list[CheckResult]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 
 import pytest
 
@@ -20,8 +21,10 @@ from tests.helpers.faultproxy import Fault, FaultProxy
 from tests.helpers.images import holds_manifest, make_image, push_image
 
 ORIGINALS = "image-replicator.io/original-images"
-#: as in test_workloads_while_copying: a copy that outlives a 1 s budget by several seconds
+#: as in test_workloads_while_copying: a layer that takes 8 s to download, well past the budget
 LARGE, RATE = 8_000_000, 1_000_000
+#: seconds: /mutate waits this long for the copy, and an answer that does not wait takes far less
+BUDGET = 3
 COPY_TIMEOUT = 60.0
 
 
@@ -91,17 +94,22 @@ def test_an_image_the_target_does_not_hold_yet_is_not_rewritten_until_it_does(st
         crawling.arm(Fault("slow", path_contains="/blobs/", methods=("GET",), rate=RATE))
         repo = unique("large")
         digest = push_image(registry_noauth, repo, "v1", make_image(layers=1, layer_size=LARGE, seed=repo))
-        webhook, prefix = start_mirroring(crawling.host, MUTATE="true", ADMISSION_BUDGET_SECONDS="1")
+        webhook, prefix = start_mirroring(crawling.host, MUTATE="true", ADMISSION_BUDGET_SECONDS=str(BUDGET))
         image = f"{crawling.host}/{repo}:v1"
         original = pod(image)
 
         while_copying = mutate(webhook, review(original))
+        started = time.monotonic()
         validated = decide(webhook, review(original))
+        validation_took = time.monotonic() - started
         still_copying = crawling.slow_bodies() > 0
 
         assert still_copying, "the copy ended before the Pod was answered: the test proves nothing"
         assert patch_of(while_copying) is None
         assert_denied(validated, image, "replicating, retry shortly")
+        # /mutate waited for the copy; validation does not wait again, or a copy done meanwhile
+        # would admit the Pod with its image as written
+        assert validation_took < BUDGET, validation_took
         # the controller retries; once the copy is complete the same Pod is pointed at it
         assert wait_until(lambda: patch_of(mutate(webhook, review(original))) is not None,
                           timeout=COPY_TIMEOUT, interval=0.5)

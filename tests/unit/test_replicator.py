@@ -125,3 +125,19 @@ def test_an_image_that_already_names_the_target_copy_is_never_copied_into_itself
         assert copier.calls == 1
     finally:
         subject.close()
+
+
+def test_without_waiting_for_copies_a_copy_is_started_and_only_a_finished_one_counts(clock):
+    hold = threading.Event()
+    copier = FakeCopier(hold=hold)
+    subject = replicator(copier, clock)
+    try:
+        [result] = subject.replicate_all([found()], clock() + 30, wait_for_copies=False)
+        assert result.copying is True and copier.calls == 1  # answered at once, 30 s of budget unused
+        hold.set()
+        assert subject.replicate_all([found()], clock() + 5)[0].status == REPLICATED
+        assert subject.replicate_all([found()], clock(), wait_for_copies=False)[0].status == REPLICATED
+        assert copier.calls == 1
+    finally:
+        hold.set()
+        subject.close()
