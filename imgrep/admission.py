@@ -7,6 +7,7 @@ answered with an AdmissionReview echoing uid and apiVersion (Kubernetes
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -58,6 +59,8 @@ class AdmissionRequest:
     skip_label: bool = False
     images: tuple[str, ...] = ()
     old_images: frozenset[str] = field(default_factory=frozenset)
+    #: ``request.object`` as sent, for the mutating endpoint's patch (JSONPatch paths point into it)
+    obj: Any = field(default=None, compare=False, repr=False)
 
     @property
     def new_images(self) -> tuple[str, ...]:
@@ -119,6 +122,7 @@ def decode_review(body: bytes) -> AdmissionRequest:
         skip_label=_get(obj, "metadata", "labels", SKIP_LABEL) == "true",
         images=extract_images(kind, obj),
         old_images=frozenset(extract_images(kind, old)),
+        obj=obj,
     )
 
 
@@ -153,7 +157,10 @@ def encode_response(
     allowed: bool,
     message: str = "",
     warnings: tuple[str, ...] = (),
+    patch: list[dict[str, Any]] | None = None,
 ) -> bytes:
+    """The answer; a non-empty ``patch`` (JSONPatch operations) goes base64-encoded with
+    ``patchType: JSONPatch``, the one type admission.k8s.io v1 and v1beta1 define."""
     response: dict[str, Any] = {"uid": uid, "allowed": allowed}
     if not allowed:
         response["status"] = {"code": 403, "reason": "Forbidden", "message": message}
@@ -161,5 +168,8 @@ def encode_response(
         response["status"] = {"code": 200, "message": message}
     if warnings:
         response["warnings"] = list(warnings)
+    if patch:
+        response["patchType"] = "JSONPatch"
+        response["patch"] = base64.b64encode(json.dumps(patch, separators=(",", ":")).encode("utf-8")).decode("ascii")
     review = {"apiVersion": api_version, "kind": "AdmissionReview", "response": response}
     return json.dumps(review, separators=(",", ":")).encode("utf-8")

@@ -25,12 +25,13 @@ from .bulkhead import Bulkhead
 from .checker import ImageChecker
 from .copier import LOOKUP_CONCURRENCY, Copier, CopyResult, Progress
 from .results import ERROR, EXISTS
-from .config import Config, load_config
+from .config import MUTATE_TARGET, Config, load_config
 from .errors import ConfigError, ImgrepError
 from .inventory import (SORT_KEYS, BadQuery, Inventory, entry_from_dict, parse_query, render_csv, render_json,
                         render_table)
 from .inventory_store import InventoryStore
 from .logs import Logger
+from .mutator import Mutator
 from .reference import Reference, parse_reference
 from .registry import RegistryClient, Repo
 from .replicator import Replicator
@@ -104,8 +105,11 @@ def build_runtime(config: Config) -> Runtime:
     except ssl.SSLError as exc:
         raise ConfigError("REGISTRY_CA_FILE", f"not a PEM certificate bundle ({exc.reason})") from None
     client = RegistryClient(transport, config.credentials)
+    allowed = config.allowed_registries
+    if allowed and config.mutate == MUTATE_TARGET:  # mutated Pods name the target: validation must not refuse it
+        allowed = allowed | {config.target.host}
     checker = ImageChecker(client, cache_ttl=config.cache_ttl_seconds, lookup_timeout=config.admission_budget_seconds,
-                           allowed_registries=config.allowed_registries)
+                           allowed_registries=allowed)
     # COPY_CONCURRENCY streams per source registry, and room for a second source beside a crawling one
     blob_pool = Bulkhead(2 * config.copy_concurrency, config.copy_concurrency, name="imgrep-blob")
     lookup_pool = Bulkhead(2 * LOOKUP_CONCURRENCY, LOOKUP_CONCURRENCY, name="imgrep-lookup")
@@ -286,6 +290,7 @@ def run_serve(runtime: Runtime) -> int:
     inventory, inventory_store = open_inventory(runtime)
     webhook = Webhook(config, runtime.checker, runtime.telemetry, logger, replicator=runtime.replicator,
                       inventory=inventory, inventory_store=inventory_store)
+    mutator = Mutator(config, webhook, runtime.telemetry, logger)
 
     def metrics(_body, _headers):
         return 200, METRICS_CONTENT_TYPE, runtime.telemetry.render()
@@ -302,6 +307,10 @@ def run_serve(runtime: Runtime) -> int:
         status, answer = webhook.handle(body, headers.get("content-type", ""))
         return status, JSON, answer
 
+    def mutate(body, headers):  # answers (allowed, no patch) with MUTATE off too: see README "Mutation"
+        status, answer = mutator.handle(body, headers.get("content-type", ""))
+        return status, JSON, answer
+
     certificates = None
     if not config.skip_tls:
         try:
@@ -311,7 +320,8 @@ def run_serve(runtime: Runtime) -> int:
     common = {("GET", "/healthz"): healthz, ("GET", "/metrics"): metrics}
     health_routes = {**common, ("GET", "/readyz"): readyz, ("GET", "/images"): images_route(inventory)}
     health = _listen("HEALTH_PORT", config.health_port, App(health_routes, logger), logger, lifecycle)
-    server = _listen("PORT", config.port, App({**common, ("POST", "/validate"): validate}, logger), logger,
+    webhook_routes = {**common, ("POST", "/validate"): validate, ("POST", "/mutate"): mutate}
+    server = _listen("PORT", config.port, App(webhook_routes, logger), logger,
                      lifecycle, certificates=certificates, max_connections=config.max_connections)
     # Blocked here, before any thread starts, so every thread inherits the mask and the
     # signals wait for sigwait below: no handler races a lock, and the main thread

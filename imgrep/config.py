@@ -15,9 +15,13 @@ from typing import Callable, Mapping
 from .credentials import CredentialStore, normalise_registry
 from .errors import ConfigError
 
-__all__ = ["Config", "TargetRegistry", "load_config", "DEFAULT_EXCLUDED_NAMESPACES"]
+__all__ = ["Config", "TargetRegistry", "load_config", "DEFAULT_EXCLUDED_NAMESPACES", "MUTATE_OFF", "MUTATE_TARGET",
+           "MUTATE_PIN"]
 
 DEFAULT_EXCLUDED_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease", "image-replicator")
+#: what POST /mutate does to a Pod's images (``MUTATE``): nothing; point them at the
+#: TARGET_REGISTRY copy pinned by digest; pin their tags to the source digest in place
+MUTATE_OFF, MUTATE_TARGET, MUTATE_PIN = "off", "target", "pin"
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,11 @@ class TargetRegistry:
 
     def __str__(self) -> str:
         return f"{self.host}/{self.prefix}" if self.prefix else self.host
+
+    def contains(self, registry: str, repository: str) -> bool:
+        """Whether ``registry/repository`` is in this registry under its prefix: an image that
+        already points at a copy here (a mutated Pod's) is checked here, never copied into itself."""
+        return registry == self.host and (not self.prefix or repository.startswith(self.prefix + "/"))
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,8 @@ class Config:
     max_connections: int = 256
     #: blobs moved at once by the process-wide copy pool
     copy_concurrency: int = 4
+    #: POST /mutate: MUTATE_OFF, MUTATE_TARGET or MUTATE_PIN
+    mutate: str = MUTATE_OFF
 
     def summary(self) -> dict[str, object]:
         """Effective configuration for the start-up log: no secrets, only where they came from."""
@@ -83,6 +94,7 @@ class Config:
             "inventory_max": self.inventory_max,
             "inventory_file": self.inventory_file,
             "log_format": self.log_format,
+            "mutate": self.mutate,
         }
 
 
@@ -162,6 +174,20 @@ def _target(value: str) -> TargetRegistry | None:
     return TargetRegistry(host, prefix)
 
 
+def _mutate(env: _Reader, target: TargetRegistry | None) -> str:
+    value = env.raw("MUTATE").lower()
+    if value in _FALSE:
+        return MUTATE_OFF
+    if value == MUTATE_PIN:
+        return MUTATE_PIN
+    if value not in _TRUE:
+        raise ConfigError("MUTATE", f"expected true, false or pin, got {value!r}")
+    if target is None:
+        raise ConfigError("MUTATE", "true points images at their TARGET_REGISTRY copy, and TARGET_REGISTRY is "
+                                    "unset (MUTATE=pin pins tags to their source digests instead)")
+    return MUTATE_TARGET
+
+
 def _read_file(path: str) -> str:
     return Path(path).read_text(encoding="utf-8")
 
@@ -216,4 +242,5 @@ def load_config(environ: Mapping[str, str], read_text: Callable[[str], str] = _r
         shutdown_delay_seconds=env.number("SHUTDOWN_DELAY_SECONDS", 2.0, minimum=0, maximum=60),
         max_connections=int(env.number("MAX_CONNECTIONS", 256, minimum=1, maximum=10_000, integer=True)),
         copy_concurrency=int(env.number("COPY_CONCURRENCY", 4, minimum=1, maximum=64, integer=True)),
+        mutate=_mutate(env, target),
     )

@@ -8,16 +8,19 @@ case ${BASH_SOURCE[0]} in */*) script_dir=${BASH_SOURCE[0]%/*} ;; *) script_dir=
 # shellcheck source-path=SCRIPTDIR source=common.sh
 . "$script_dir/common.sh"
 
-usage="usage: deploy.sh [--dry-run] [--cert-dir DIR] [--image IMAGE] [-h|--help]
+usage="usage: deploy.sh [--dry-run] [--cert-dir DIR] [--image IMAGE] [--mutating] [-h|--help]
 
   --dry-run        print the manifests that would be applied (TLS Secret included) and
                    touch no cluster; certificates are still made in the cert directory
   --cert-dir DIR   certificates to use, made there when absent (env CERT_DIR, default ./certs)
-  --image IMAGE    the imgrep image to run (env IMAGE, default: the one in deploy/base)"
+  --image IMAGE    the imgrep image to run (env IMAGE, default: the one in deploy/base)
+  --mutating       also register the mutating webhook that points Pods at their mirror
+                   copies (deploy/mutating; set TARGET_REGISTRY in its deployment.yaml first)"
 
 dry_run=false
 cert_dir=${CERT_DIR:-./certs}
 image=${IMAGE:-}
+mutating=false
 
 while (($#)); do
     case $1 in
@@ -35,6 +38,10 @@ while (($#)); do
         need_value "$@"
         image=$2
         shift 2
+        ;;
+    --mutating)
+        mutating=true
+        shift
         ;;
     *) unknown_argument "$1" ;;
     esac
@@ -61,19 +68,27 @@ mkdir "$overlay"
 kubectl create secret tls "$APP-tls" --namespace "$NAMESPACE" \
     --cert "$cert_dir/tls.crt" --key "$cert_dir/tls.key" \
     --dry-run=client -o yaml >"$overlay/tls-secret.yaml"
-write_overlay "$overlay" "$script_dir/../deploy" "$image" tls-secret.yaml
-cat >>"$overlay/kustomization.yaml" <<YAML
-  - target: {kind: ValidatingWebhookConfiguration, name: $APP}
+manifests=$script_dir/../deploy
+webhooks=(ValidatingWebhookConfiguration)
+if $mutating; then
+    manifests=$script_dir/../deploy/mutating
+    webhooks+=(MutatingWebhookConfiguration)
+fi
+write_overlay "$overlay" "$manifests" "$image" tls-secret.yaml
+for kind in "${webhooks[@]}"; do
+    cat >>"$overlay/kustomization.yaml" <<YAML
+  - target: {kind: $kind, name: $APP}
     patch: |-
       - {op: add, path: /webhooks/0/clientConfig/caBundle, value: $ca_bundle}
 YAML
+done
 
 if $dry_run; then
     kubectl kustomize "$overlay"
     exit 0
 fi
 
-workload=$(write_workload_overlay "$overlay")
+workload=$(write_workload_overlay "$overlay" "${webhooks[@]}")
 kubectl apply -k "$workload"
 wait_for_rollout
 kubectl apply -k "$overlay"

@@ -1,5 +1,6 @@
-"""The manifests `kubectl apply -k deploy` and `kubectl apply -k deploy/cert-manager`
-would apply, checked against SPEC and against what the server really does."""
+"""The manifests `kubectl apply -k deploy`, `kubectl apply -k deploy/cert-manager` and
+`kubectl apply -k deploy/mutating` would apply, checked against SPEC, against the
+official Kubernetes schemas, and against what the server really does."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import re
 import pytest
 
 from tests.deploy.kube import REPO, find, kustomize, offline_env, yaml_to_objects
-from tests.helpers.binaries import require_binary
+from tests.helpers.binaries import require_binary, require_module
 
 NAMESPACE = "image-replicator"
 APP = "image-replicator"
@@ -28,8 +29,10 @@ KNOWN_SETTINGS = {
     "REGISTRY_ERROR_POLICY", "CACHE_TTL_SECONDS", "EXCLUDED_NAMESPACES", "INSECURE_REGISTRIES",
     "REGISTRY_CA_FILE", "DOCKER_CONFIG_JSON", "DOCKER_CONFIG_PATH", "REQUIRE_CREDENTIALS",
     "ALLOWED_REGISTRIES", "INVENTORY_MAX", "INVENTORY_FILE", "DEBUG", "LOG_FORMAT",
-    "SHUTDOWN_DELAY_SECONDS", "MAX_CONNECTIONS", "COPY_CONCURRENCY",
+    "SHUTDOWN_DELAY_SECONDS", "MAX_CONNECTIONS", "COPY_CONCURRENCY", "MUTATE",
 }
+#: the Kubernetes version whose schemas the manifests must pass, unknown fields refused
+KUBERNETES_VERSION = "1.29.0"
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +55,12 @@ def with_cert_manager(kubectl, env) -> list[dict]:
     return kustomize(kubectl, REPO / "deploy" / "cert-manager", env)
 
 
-@pytest.fixture(params=["plain", "with_cert_manager"])
+@pytest.fixture(scope="module")
+def mutating(kubectl, env) -> list[dict]:
+    return kustomize(kubectl, REPO / "deploy" / "mutating", env)
+
+
+@pytest.fixture(params=["plain", "with_cert_manager", "mutating"])
 def built(request) -> list[dict]:
     """Checks that hold for both ways of installing."""
     return request.getfixturevalue(request.param)
@@ -78,7 +86,7 @@ def webhook(objects: list[dict]) -> dict:
 
 
 def test_every_namespaced_object_is_in_the_imgrep_namespace(built):
-    cluster_scoped = {"Namespace", "ValidatingWebhookConfiguration"}
+    cluster_scoped = {"Namespace", "ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"}
     assert find(built, "Namespace", NAMESPACE)
     for obj in built:
         if obj["kind"] not in cluster_scoped:
@@ -295,3 +303,56 @@ def test_dockerfile_builds_with_the_runtime_python_and_runs_the_zipapp_as_non_ro
     user = instructions["USER"].split(":")[0]
     pod = find(plain, "Deployment", APP)["spec"]["template"]["spec"]
     assert user.isdigit() and int(user) == pod["securityContext"]["runAsUser"] != 0
+
+
+def test_every_object_passes_the_official_schema_with_unknown_fields_refused(built):
+    kubernetes_validate = require_module("kubernetes_validate")
+    checked = set()
+    for obj in built:
+        if obj["apiVersion"].startswith("cert-manager.io/"):
+            continue  # a custom resource: the official schemas do not know it
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        checked.add(obj["kind"])
+    assert {"Deployment", "Service", "ValidatingWebhookConfiguration"} <= checked
+
+
+# --- the mutating variant ------------------------------------------------------------------------
+
+
+def mutating_webhook(objects: list[dict]) -> dict:
+    (only,) = find(objects, "MutatingWebhookConfiguration", APP)["webhooks"]
+    return only
+
+
+def test_mutating_install_adds_the_mutating_webhook_and_turns_mutation_on(plain, mutating):
+    def key(o):
+        return o["kind"], o["metadata"]["name"]
+
+    assert {key(o) for o in mutating} - {key(o) for o in plain} == {("MutatingWebhookConfiguration", APP)}
+    assert find(mutating, "ValidatingWebhookConfiguration", APP) == find(plain, "ValidatingWebhookConfiguration", APP)
+    settings, plain_settings = env_values(mutating), env_values(plain)
+    assert settings["MUTATE"] == "true"
+    assert settings["TARGET_REGISTRY"]  # MUTATE=true without it stops imgrep at start
+    assert {k: v for k, v in settings.items() if k not in ("MUTATE", "TARGET_REGISTRY")} == plain_settings
+    assert "MUTATE" not in plain_settings  # off unless asked for
+
+
+def test_mutating_webhook_is_for_pods_only_and_reinvoked_when_a_later_webhook_changes_them(mutating):
+    hook = mutating_webhook(mutating)
+    assert hook["clientConfig"]["service"] == {"name": APP, "namespace": NAMESPACE, "path": "/mutate", "port": 443}
+    assert "caBundle" not in hook["clientConfig"]  # scripts/deploy.sh --mutating fills it in
+    assert hook["rules"] == [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+                              "resources": ["pods"], "scope": "Namespaced"}]
+    assert hook["reinvocationPolicy"] == "IfNeeded"
+    assert hook["sideEffects"] == "NoneOnDryRun"
+    assert hook["admissionReviewVersions"] == ["v1", "v1beta1"]
+    assert hook["matchPolicy"] == "Equivalent"
+    assert hook["failurePolicy"] == "Fail"
+    assert float(env_values(mutating)["ADMISSION_BUDGET_SECONDS"]) < hook["timeoutSeconds"] <= 10
+    assert hook["name"] != webhook(mutating)["name"]
+
+
+def test_mutating_webhook_skips_what_the_validating_one_skips(mutating):
+    hook, validating = mutating_webhook(mutating), webhook(mutating)
+    assert hook["namespaceSelector"] == validating["namespaceSelector"]
+    assert hook["objectSelector"] == validating["objectSelector"]

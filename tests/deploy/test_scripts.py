@@ -247,6 +247,29 @@ def test_deploy_dry_run_is_repeatable_and_sets_the_image(kubectl, tmp_path, env)
     assert container["image"] == "registry.example.com:5000/imgrep:1.2.3"
 
 
+def test_deploy_mutating_dry_run_bundles_the_ca_into_both_webhooks(kubectl, tmp_path, env):
+    certs = tmp_path / "certs"
+    objects = yaml_to_objects(kubectl, dry_run("deploy.sh", env, "--cert-dir", str(certs), "--mutating"), env)
+    for kind in ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"):
+        (hook,) = find(objects, kind, "image-replicator")["webhooks"]
+        assert base64.b64decode(hook["clientConfig"]["caBundle"]) == (certs / "ca.crt").read_bytes()
+    (container,) = find(objects, "Deployment", "image-replicator")["spec"]["template"]["spec"]["containers"]
+    assert {"name": "MUTATE", "value": "true"} in container["env"]
+
+
+@pytest.mark.parametrize("kinds", [(), ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration")])
+def test_the_workload_overlay_leaves_out_every_webhook_configuration(kubectl, tmp_path, env, kinds):
+    overlay = tmp_path / "full"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        f"resources:\n  - {os.path.relpath(REPO / 'deploy' / 'mutating', overlay)}\n")
+    script = f'. {SCRIPTS / "common.sh"}; write_workload_overlay "$1" "${{@:2}}"'
+    workload = run(["bash", "-c", script, "bash", str(overlay), *kinds], env).strip()
+    built = {o["kind"] for o in yaml_to_objects(kubectl, run([kubectl, "kustomize", workload], env), env)}
+    assert "Deployment" in built and "ValidatingWebhookConfiguration" not in built
+    assert ("MutatingWebhookConfiguration" in built) is not bool(kinds)  # by default only the validating one
+
+
 def test_deploy_renews_a_serving_certificate_close_to_expiry_under_the_same_ca(openssl, tmp_path, env):
     certs = tmp_path / "certs"
     bundle = generate(certs, env, "--days", "1").stdout.strip()

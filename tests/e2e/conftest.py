@@ -116,21 +116,21 @@ class Webhook:
         return ApiServerConnection(self.port, self.certs.ca_cert)
 
     def post(self, body: bytes, content_type: str = "application/json",
-             connection: ApiServerConnection | None = None) -> tuple[int, bytes]:
-        """POST /validate; on ``connection`` (kept open) or on a new one closed afterwards."""
+             connection: ApiServerConnection | None = None, path: str = "/validate") -> tuple[int, bytes]:
+        """POST ``path``; on ``connection`` (kept open) or on a new one closed afterwards."""
         own = connection is None
         connection = connection or self.connect()
         try:
-            connection.request("POST", "/validate", body=body, headers={"Content-Type": content_type})
+            connection.request("POST", path, body=body, headers={"Content-Type": content_type})
             response = connection.getresponse()
             return response.status, response.read()
         finally:
             if own:
                 connection.close()
 
-    def admit(self, review: dict, connection: ApiServerConnection | None = None) -> dict:
-        """The AdmissionReview answer to ``review``, which must come back as HTTP 200."""
-        status, body = self.post(json.dumps(review).encode(), connection=connection)
+    def admit(self, review: dict, connection: ApiServerConnection | None = None, path: str = "/validate") -> dict:
+        """The AdmissionReview answer to ``review`` from ``path``, which must come back as HTTP 200."""
+        status, body = self.post(json.dumps(review).encode(), connection=connection, path=path)
         assert status == 200, body
         return json.loads(body)
 
@@ -197,6 +197,19 @@ def start_webhook(zipapp: Path, base_env: dict[str, str], tmp_path: Path):
     yield start
     for instance in started:
         instance.stop()
+
+
+@pytest.fixture
+def start_mirroring(start_webhook, base_env: dict[str, str], registry_basic: RegistryServer):
+    """start_mirroring(*hosts, **env): (a webhook replicating to a prefix of its own in the basic-auth
+    registry, that prefix); ``hosts`` are spoken to over plain HTTP too (fault proxies)."""
+    def start(*insecure_hosts: str, **env: str) -> tuple[Webhook, str]:
+        prefix = f"mirror-{secrets.token_hex(4)}"
+        insecure = ",".join([base_env["INSECURE_REGISTRIES"], *insecure_hosts])
+        return start_webhook(TARGET_REGISTRY=f"{registry_basic.host}/{prefix}", INSECURE_REGISTRIES=insecure,
+                             **env), prefix
+
+    return start
 
 
 @pytest.fixture(scope="module")

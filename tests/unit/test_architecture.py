@@ -16,12 +16,12 @@ PACKAGE = Path(__file__).resolve().parents[2] / "imgrep"
 #: modules that do no I/O, read no clock and start no thread; they may import only each other
 PURE_CORE = frozenset({
     "errors", "reference", "digest", "manifest", "protocol", "auth", "admission", "policy", "results",
-    "cache", "retry", "metrics", "config", "credentials", "netpolicy", "inventory",
+    "cache", "retry", "metrics", "config", "credentials", "netpolicy", "inventory", "mutation",
 })
 #: the I/O edge, named so that a violation message says what was reached for
 EDGE = frozenset({
     "transport", "registry", "server", "cli", "webhook", "checker", "telemetry", "procstats",
-    "replicator", "copier", "logs", "inventory_store", "bulkhead",
+    "replicator", "copier", "logs", "inventory_store", "bulkhead", "mutator",
 })
 FORBIDDEN_STDLIB = frozenset({"http.client", "http.server", "socket", "ssl", "urllib.request", "subprocess"})
 

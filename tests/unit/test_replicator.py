@@ -13,7 +13,7 @@ from imgrep.copier import BlobStats, CopyResult
 from imgrep.errors import DigestMismatch
 from imgrep.reference import parse_reference
 from imgrep.replicator import Replicator
-from imgrep.results import EXISTS, REPLICATED, CheckResult
+from imgrep.results import EXISTS, MISSING, REPLICATED, CheckResult
 from tests.helpers.clock import FakeClock
 
 DIGEST = "sha256:" + "d" * 64
@@ -75,6 +75,7 @@ def test_failure_is_reported_and_retried_only_after_its_backoff(clock):
     try:
         first = subject.replicate_all([found()], clock() + 5)[0]
         assert first.reason == "replication failed" and "sha256:bad" in first.detail
+        assert first.copying is False
         again = subject.replicate_all([found()], clock() + 5)[0]
         assert again.reason == "replication failed" and copier.calls == 1
         clock.advance(6)  # past the first backoff (5 s)
@@ -104,6 +105,39 @@ def test_a_copy_running_past_the_budget_is_reported_as_replicating(clock):
     try:
         [result] = subject.replicate_all([found()], clock() + SHORT_BUDGET)
         assert result.reason == "replicating, retry shortly" and "MiB" in result.detail
+        assert result.copying is True  # the typed signal the policy reads, not the wording
+    finally:
+        hold.set()
+        subject.close()
+
+
+def test_an_image_that_already_names_the_target_copy_is_never_copied_into_itself(clock):
+    copier = FakeCopier()
+    subject = replicator(copier, clock)
+    try:
+        mirrored = found(f"mirror.local/cache/team/app:v1@{DIGEST}")  # checked in the target
+        gone = "mirror.local/cache/team/gone:v1"
+        missing = CheckResult(gone, MISSING, parse_reference(gone), reason="not found")
+        assert subject.replicate_all([mirrored, missing], clock() + 5) == [mirrored, missing]
+        assert copier.calls == 0
+        # the same host outside the prefix is a source like any other
+        assert subject.replicate_all([found("mirror.local/team/app:v1")], clock() + 5)[0].status == REPLICATED
+        assert copier.calls == 1
+    finally:
+        subject.close()
+
+
+def test_without_waiting_for_copies_a_copy_is_started_and_only_a_finished_one_counts(clock):
+    hold = threading.Event()
+    copier = FakeCopier(hold=hold)
+    subject = replicator(copier, clock)
+    try:
+        [result] = subject.replicate_all([found()], clock() + 30, wait_for_copies=False)
+        assert result.copying is True and copier.calls == 1  # answered at once, 30 s of budget unused
+        hold.set()
+        assert subject.replicate_all([found()], clock() + 5)[0].status == REPLICATED
+        assert subject.replicate_all([found()], clock(), wait_for_copies=False)[0].status == REPLICATED
+        assert copier.calls == 1
     finally:
         hold.set()
         subject.close()
