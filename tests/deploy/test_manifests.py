@@ -8,8 +8,7 @@ import re
 
 import pytest
 
-from tests.deploy.kube import REPO, find, kustomize, offline_env, yaml_to_objects
-from tests.helpers.binaries import require_binary
+from tests.deploy.kube import REPO, find, kustomize, yaml_to_objects
 
 NAMESPACE = "image-replicator"
 APP = "image-replicator"
@@ -30,16 +29,6 @@ KNOWN_SETTINGS = {
     "ALLOWED_REGISTRIES", "INVENTORY_MAX", "INVENTORY_FILE", "DEBUG", "LOG_FORMAT",
     "SHUTDOWN_DELAY_SECONDS", "MAX_CONNECTIONS", "COPY_CONCURRENCY",
 }
-
-
-@pytest.fixture(scope="module")
-def kubectl() -> str:
-    return require_binary("kubectl")
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict[str, str]:
-    return offline_env(tmp_path_factory.mktemp("kube"))
 
 
 @pytest.fixture(scope="module")
