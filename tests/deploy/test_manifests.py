@@ -9,8 +9,8 @@ import re
 
 import pytest
 
-from tests.deploy.kube import REPO, find, kustomize, offline_env, yaml_to_objects
-from tests.helpers.binaries import require_binary, require_module
+from tests.deploy.kube import REPO, find, kustomize, yaml_to_objects
+from tests.helpers.binaries import require_module
 
 NAMESPACE = "image-replicator"
 APP = "image-replicator"
@@ -33,16 +33,6 @@ KNOWN_SETTINGS = {
 }
 #: the Kubernetes version whose schemas the manifests must pass, unknown fields refused
 KUBERNETES_VERSION = "1.29.0"
-
-
-@pytest.fixture(scope="module")
-def kubectl() -> str:
-    return require_binary("kubectl")
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict[str, str]:
-    return offline_env(tmp_path_factory.mktemp("kube"))
 
 
 @pytest.fixture(scope="module")
@@ -306,7 +296,7 @@ def test_dockerfile_builds_with_the_runtime_python_and_runs_the_zipapp_as_non_ro
 
 
 def test_every_object_passes_the_official_schema_with_unknown_fields_refused(built):
-    kubernetes_validate = require_module("kubernetes_validate")
+    kubernetes_validate = require_module("kubernetes_validate", "kubernetes-validate")
     checked = set()
     for obj in built:
         if obj["apiVersion"].startswith("cert-manager.io/"):

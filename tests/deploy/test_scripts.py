@@ -37,11 +37,6 @@ def openssl() -> str:
     return require_binary("openssl")
 
 
-@pytest.fixture(scope="module")
-def kubectl() -> str:
-    return require_binary("kubectl")
-
-
 @pytest.fixture
 def env(tmp_path) -> dict[str, str]:
     return offline_env(tmp_path)

@@ -44,7 +44,7 @@ def patch_of(response: dict) -> list[dict] | None:
 
 
 def patched(obj: dict, patch: list[dict]) -> dict:
-    return require_module("jsonpatch").apply_patch(obj, patch)
+    return require_module("jsonpatch", "jsonpatch").apply_patch(obj, patch)
 
 
 def images_of(obj: dict) -> list[str]:

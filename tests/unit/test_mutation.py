@@ -52,7 +52,7 @@ GOLDEN_PATCH = [
 
 
 def applied(obj: dict, patch: list[dict]) -> dict:
-    jsonpatch = require_module("jsonpatch")
+    jsonpatch = require_module("jsonpatch", "jsonpatch")
     return jsonpatch.apply_patch(obj, patch)
 
 

@@ -1,0 +1,93 @@
+{{/*
+Names and labels shared by the templates. Labels stay those of deploy/base
+(app only), so the default render equals what `kubectl kustomize deploy` builds.
+*/}}
+
+{{- define "imgrep.name" -}}
+{{- .Values.name -}}
+{{- end }}
+
+{{/* metadata.labels of an object that carries the app label in deploy/base. */}}
+{{- define "imgrep.labels" -}}
+app: {{ include "imgrep.name" . }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* The namespaces never judged: the configured ones and the release's own. */}}
+{{- define "imgrep.excludedNamespaces" -}}
+{{- toJson (uniq (append .Values.excludedNamespaces .Release.Namespace)) -}}
+{{- end }}
+
+{{- define "imgrep.tlsSecretName" -}}
+{{- .Values.tls.secretName | default (printf "%s-tls" (include "imgrep.name" .)) -}}
+{{- end }}
+
+{{/*
+Shutdown: the readiness delay (SHUTDOWN_DELAY_SECONDS), one request at its
+longest (the webhook's timeoutSeconds) and a few seconds to exit; 20 as shipped.
+*/}}
+{{- define "imgrep.terminationGracePeriodSeconds" -}}
+{{- add (ceil .Values.shutdownDelaySeconds) .Values.webhook.timeoutSeconds 4 -}}
+{{- end }}
+
+{{- define "imgrep.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository .Values.image.tag -}}
+{{- end -}}
+{{- end }}
+
+{{/*
+What values.schema.json cannot check: env naming a variable the chart sets from
+a value of its own, and two equal ports (JSON Schema compares a value with
+constants, not with another value). Each failure names the value to use or both
+values, like imgrep's own configuration errors. `helm install` and `helm template`
+stop here; `helm lint` only logs a failing `fail`.
+*/}}
+{{- define "imgrep.validate" -}}
+{{- if eq (int .Values.ports.webhook) (int .Values.ports.health) -}}
+{{- fail (printf "ports.health (%v) must differ from ports.webhook: imgrep serves the webhook and its health port on separate listeners" .Values.ports.health) -}}
+{{- end -}}
+{{- $own := include "imgrep.settingValues" . | fromJson -}}
+{{- range $variable, $_ := .Values.env -}}
+{{- if hasKey $own $variable -}}
+{{- fail (printf "env.%s: the chart sets %s from the value %s; set that instead" $variable $variable (get $own $variable)) -}}
+{{- end -}}
+{{- end -}}
+{{- end }}
+
+{{/*
+imgrep's variables the chart sets itself, each with the value that sets it
+(README, "Installing with Helm"). env may name any other variable.
+*/}}
+{{- define "imgrep.settingValues" -}}
+{{- toJson (dict
+  "PORT" "ports.webhook"
+  "HEALTH_PORT" "ports.health"
+  "TLS_CERT_PATH" "tls.secretName (mounted at /certs)"
+  "TLS_KEY_PATH" "tls.secretName (mounted at /certs)"
+  "MODE" "mode"
+  "ADMISSION_BUDGET_SECONDS" "admissionBudgetSeconds"
+  "EXCLUDED_NAMESPACES" "excludedNamespaces"
+  "LOG_FORMAT" "logFormat"
+  "SHUTDOWN_DELAY_SECONDS" "shutdownDelaySeconds"
+  "TARGET_REGISTRY" "targetRegistry"
+  "TARGET_INCLUDE_REGISTRY" "targetIncludeRegistry"
+  "REGISTRY_TIMEOUT" "registryTimeoutMilliseconds"
+  "REGISTRY_ERROR_POLICY" "registryErrorPolicy"
+  "CACHE_TTL_SECONDS" "cacheTTLSeconds"
+  "INSECURE_REGISTRIES" "insecureRegistries"
+  "REGISTRY_CA_FILE" "registryCA.configMap"
+  "DOCKER_CONFIG_PATH" "credentials.useDockerConfigSecret"
+  "REQUIRE_CREDENTIALS" "requireCredentials"
+  "ALLOWED_REGISTRIES" "allowedRegistries"
+  "INVENTORY_MAX" "inventory.max"
+  "INVENTORY_FILE" "inventory.persist"
+  "DEBUG" "debug"
+  "MAX_CONNECTIONS" "maxConnections"
+  "COPY_CONCURRENCY" "copyConcurrency"
+) -}}
+{{- end }}
