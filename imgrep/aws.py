@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from typing import Mapping
 from urllib.parse import urlencode
 
-from .cloud import ApiRequest, EcrRepositorySettings
+from .cloud import ApiRequest, json_object, EcrRepositorySettings
 from .sigv4 import AwsCredentials, sign
 
 __all__ = [
@@ -134,7 +134,7 @@ def pod_identity_request(url: str, authorization: str) -> ApiRequest:
 
 
 def parse_container_credentials(body: bytes) -> AwsCredentials:
-    document = _json(body)
+    document = json_object(body)
     key, secret, token = (document.get(name) for name in ("AccessKeyId", "SecretAccessKey", "Token"))
     if not all(isinstance(value, str) and value for value in (key, secret)):
         raise ValueError("no AccessKeyId and SecretAccessKey in the answer")
@@ -146,7 +146,7 @@ def parse_container_credentials(body: bytes) -> AwsCredentials:
 def container_error(body: bytes) -> tuple[str, str]:
     """(code, message) of a credentials endpoint's error body (``{"code": ..., "message": ...}``)."""
     try:
-        document = _json(body)
+        document = json_object(body)
     except ValueError:
         return "", ""
     return str(document.get("code") or document.get("Code") or ""), str(document.get("message")
@@ -164,15 +164,6 @@ def ecr_request(endpoint: str, region: str, operation: str, payload: Mapping[str
                                              service="ecr", now=now), body)
 
 
-def _json(body: bytes) -> dict:
-    try:
-        document = json.loads(body.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        raise ValueError("not JSON") from None
-    if not isinstance(document, dict):
-        raise ValueError("not a JSON object")
-    return document
-
 
 def parse_authorization_token(body: bytes, now: float) -> tuple[str, str, float]:
     """(username, password, seconds it lives) from a ``GetAuthorizationToken`` answer.
@@ -180,7 +171,7 @@ def parse_authorization_token(body: bytes, now: float) -> tuple[str, str, float]
     ``expiresAt`` bounds the lifetime; one that is missing, past (clock skew) or beyond
     the documented 12 hours counts as 12 hours.
     """
-    document = _json(body)
+    document = json_object(body)
     data = document.get("authorizationData")
     if not isinstance(data, list) or not data or not isinstance(data[0], dict):
         raise ValueError("no authorizationData in the answer")
@@ -217,7 +208,7 @@ def create_repository_payload(repository: str, registry_id: str, settings: EcrRe
 def ecr_error(body: bytes, error_type_header: str = "") -> tuple[str, str]:
     """(code, message) of a JSON 1.1 error; the code without its ``namespace#`` prefix."""
     try:
-        document = _json(body)
+        document = json_object(body)
     except ValueError:
         # the signature and IAM checks in front of a JSON service may still answer in XML
         code, message = sts_error(body)

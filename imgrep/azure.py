@@ -21,7 +21,7 @@ import binascii
 import json
 from urllib.parse import urlencode
 
-from .cloud import ApiRequest
+from .cloud import ApiRequest, json_object, oauth2_token
 
 __all__ = ["ACR_USERNAME", "SCOPE", "entra_token_request", "parse_entra_token", "entra_error", "exchange_request",
            "parse_exchange", "exchange_error", "REFRESH_TOKEN_LIFETIME"]
@@ -43,34 +43,15 @@ def entra_token_request(authority_host: str, tenant_id: str, client_id: str, ass
     return ApiRequest("POST", url, _FORM, form.encode("ascii"))
 
 
-def _json(body: bytes) -> dict:
-    try:
-        document = json.loads(body.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        raise ValueError("not JSON") from None
-    if not isinstance(document, dict):
-        raise ValueError("not a JSON object")
-    return document
-
-
 def parse_entra_token(body: bytes) -> tuple[str, float]:
     """(access token, seconds it lives)."""
-    document = _json(body)
-    token = document.get("access_token")
-    if not isinstance(token, str) or not token:
-        raise ValueError("no access_token in the answer")
-    lifetime = document.get("expires_in")
-    if isinstance(lifetime, str) and lifetime.isdigit():  # the v1 endpoint answers with a string
-        lifetime = int(lifetime)
-    if not isinstance(lifetime, (int, float)) or isinstance(lifetime, bool) or lifetime <= 0:
-        lifetime = 300
-    return token, float(lifetime)
+    return oauth2_token(body, default_lifetime=300.0)
 
 
 def entra_error(body: bytes) -> str:
     """``error: first line of error_description``, which starts with the AADSTS code."""
     try:
-        document = _json(body)
+        document = json_object(body)
     except ValueError:
         return ""
     description = str(document.get("error_description") or "").splitlines()
@@ -98,7 +79,7 @@ def _jwt_expiry(token: str) -> float | None:
 
 def parse_exchange(body: bytes, now: float) -> tuple[str, float]:
     """(refresh token, seconds it lives) from ``/oauth2/exchange``; ``now`` is wall-clock seconds."""
-    document = _json(body)
+    document = json_object(body)
     token = document.get("refresh_token")
     if not isinstance(token, str) or not token:
         raise ValueError("no refresh_token in the answer")
@@ -112,7 +93,7 @@ def parse_exchange(body: bytes, now: float) -> tuple[str, float]:
 def exchange_error(body: bytes) -> str:
     """The message of a distribution-style ``{"errors": [...]}`` body, or of ``{"error": ...}``."""
     try:
-        document = _json(body)
+        document = json_object(body)
     except ValueError:
         return ""
     errors = document.get("errors")

@@ -18,14 +18,17 @@ the credential source, which asks this module only for hosts without them.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from .auth import TokenRequest
+
 __all__ = [
     "ECR", "GCP", "ACR", "NONE", "PROVIDERS",
     "ApiRequest", "AwsSettings", "GcpSettings", "AzureSettings", "EcrRepositorySettings", "CloudSettings", "Route",
-    "route", "ecr_host", "parse_provider_list", "describe",
+    "route", "ecr_host", "parse_provider_list", "describe", "json_object", "oauth2_token",
 ]
 
 ECR, GCP, ACR, NONE = "ecr", "gcp", "acr", "none"
@@ -47,14 +50,37 @@ _PATTERNS = {
 }
 
 
-@dataclass(frozen=True)
-class ApiRequest:
-    """One HTTP request a provider makes, as data (the edge sends it)."""
+#: one HTTP request a provider makes, as data (the edge sends it): the shape auth's token requests have
+ApiRequest = TokenRequest
 
-    method: str
-    url: str
-    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
-    body: bytes | None = field(default=None, repr=False)
+
+def json_object(body: bytes) -> dict:
+    """A provider's JSON answer as a dict; ValueError when it is not a JSON object."""
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError("not JSON") from None
+    if not isinstance(document, dict):
+        raise ValueError("not a JSON object")
+    return document
+
+
+def oauth2_token(body: bytes, default_lifetime: float) -> tuple[str, float]:
+    """(access_token, seconds it lives) of an OAuth2 token answer (RFC 6749 section 5.1).
+
+    ``expires_in`` may come as a string (Entra's v1 endpoint); without a usable one the
+    token counts as living ``default_lifetime``.
+    """
+    document = json_object(body)
+    token = document.get("access_token")
+    if not isinstance(token, str) or not token:
+        raise ValueError("no access_token in the answer")
+    lifetime = document.get("expires_in")
+    if isinstance(lifetime, str) and lifetime.isdigit():
+        lifetime = int(lifetime)
+    if not isinstance(lifetime, (int, float)) or isinstance(lifetime, bool) or lifetime <= 0:
+        lifetime = default_lifetime
+    return token, float(lifetime)
 
 
 @dataclass(frozen=True)

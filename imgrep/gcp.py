@@ -11,9 +11,7 @@ token of the Google service account bound to the pod's Kubernetes service accoun
 
 from __future__ import annotations
 
-import json
-
-from .cloud import ApiRequest
+from .cloud import ApiRequest, oauth2_token
 
 __all__ = ["USERNAME", "TOKEN_PATH", "token_request", "parse_token", "is_metadata_server", "DEFAULT_LIFETIME"]
 
@@ -34,14 +32,4 @@ def is_metadata_server(flavor_header: str) -> bool:
 
 def parse_token(body: bytes) -> tuple[str, float]:
     """(access token, seconds it lives); ValueError when the answer is not a token."""
-    try:
-        document = json.loads(body.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        raise ValueError("not JSON") from None
-    token = document.get("access_token") if isinstance(document, dict) else None
-    if not isinstance(token, str) or not token:
-        raise ValueError("no access_token in the answer")
-    lifetime = document.get("expires_in")
-    if not isinstance(lifetime, (int, float)) or isinstance(lifetime, bool) or lifetime <= 0:
-        lifetime = DEFAULT_LIFETIME
-    return token, float(lifetime)
+    return oauth2_token(body, DEFAULT_LIFETIME)

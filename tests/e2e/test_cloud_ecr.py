@@ -13,30 +13,15 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from tests.e2e.reviews import decide, pod, review
-from tests.helpers.aws import ACCOUNT, Aws, web_identity_token
+from tests.helpers.aws import ECR_CREDENTIALS, Aws, web_identity_token
 from tests.helpers.engine import unique
 from tests.helpers.images import make_image, push_image
 from tests.helpers.registry import RegistryServer
 from tests.helpers.skopeo import inspect_raw
 
-ECR_CREDENTIALS = ("AWS", f"{ACCOUNT}-auth-token")
 #: admissions retried while the copy runs in the background ("replicating, retry shortly")
 ADMISSION_ATTEMPTS = 40
-
-
-@pytest.fixture(scope="module")
-def aws():
-    with Aws() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def ecr_registry():
-    with RegistryServer(auth="basic", username=ECR_CREDENTIALS[0], password=ECR_CREDENTIALS[1]) as registry:
-        yield registry
 
 
 def irsa_environment(aws: Aws, tmp_path, source: RegistryServer, target: RegistryServer) -> dict[str, str]:

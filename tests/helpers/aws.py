@@ -11,6 +11,7 @@ this helper skip locally and fail under CI=true.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import urllib.request
@@ -18,21 +19,24 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 from tests.helpers.binaries import require_module
+from tests.helpers.fakeserver import FakeServer
 from tests.helpers.faultproxy import FaultProxy
 
-__all__ = ["ACCOUNT", "REGION", "ROLE_ARN", "Aws", "web_identity_token", "sts_error_body", "ecr_error_body"]
+__all__ = ["ACCOUNT", "ECR_CREDENTIALS", "REGION", "ROLE_ARN", "Aws", "PodIdentityAgent", "web_identity_token", "sts_error_body",
+           "ecr_error_body"]
 
 #: moto's default account, which its ECR tokens name: ``AWS:<account>-auth-token``
 ACCOUNT = "123456789012"
 REGION = "eu-west-1"
 ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/imgrep-replicator"
+#: the registry user and password GetAuthorizationToken answers with in moto
+ECR_CREDENTIALS = ("AWS", f"{ACCOUNT}-auth-token")
 
 
 def web_identity_token(path: Path, subject: str = "system:serviceaccount:image-replicator:image-replicator") -> Path:
     """A projected service-account token as the kubelet writes it (STS in moto does not check it)."""
     header = "eyJhbGciOiJSUzI1NiIsImtpZCI6InRlc3QifQ"
     claims = json.dumps({"aud": ["sts.amazonaws.com"], "sub": subject, "iss": "https://oidc.eks.test"})
-    import base64
     path.write_text(f"{header}.{base64.urlsafe_b64encode(claims.encode()).decode().rstrip('=')}.c2lnbmF0dXJl\n")
     return path
 
@@ -46,6 +50,24 @@ def sts_error_body(code: str, message: str) -> bytes:
 
 def ecr_error_body(code: str, message: str) -> bytes:
     return json.dumps({"__type": code, "message": message}).encode()
+
+
+class PodIdentityAgent(FakeServer):
+    """EKS Pod Identity's agent: ``GET /v1/credentials`` with the pod's token as ``Authorization``."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__()
+        self.token = token
+        self.requests: list[dict[str, str]] = []
+
+    def handle(self, handler) -> None:
+        with self.lock:
+            self.requests.append(dict(handler.headers.items()))
+        if handler.headers.get("Authorization") != self.token:
+            return self.reply_json(handler, 400, {"code": "InvalidTokenException", "message": "Invalid token"})
+        self.reply_json(handler, 200, {"AccessKeyId": "ASIAPODIDENTITY", "SecretAccessKey": "pod-secret",
+                                       "Token": "pod-session", "AccountId": ACCOUNT,
+                                       "Expiration": "2099-01-01T00:00:00Z"})
 
 
 class Aws:

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import base64
 import http.client
-import http.server
 import json
 import secrets
-import threading
 import time
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
+from tests.helpers.fakeserver import FakeServer
 from tests.helpers.tokenserver import TokenServer
 
 __all__ = ["Entra", "Acr", "ASSERTION_TYPE", "ACR_SCOPE"]
@@ -37,57 +36,7 @@ def _jwt(claims: dict) -> str:
     return f"{encode({'alg': 'RS256', 'typ': 'JWT'})}.{encode(claims)}.{encode({'sig': secrets.token_hex(8)})}"
 
 
-class _Server:
-    """A ThreadingHTTPServer on 127.0.0.1:0 whose handler calls ``self.handle(handler)``."""
-
-    def __init__(self) -> None:
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            timeout = 10
-
-            def _any(self) -> None:
-                server.handle(self)
-
-            do_GET = do_POST = do_PUT = do_PATCH = do_HEAD = do_DELETE = _any
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self.host = f"127.0.0.1:{self._httpd.server_address[1]}"
-        self.url = f"http://{self.host}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.lock = threading.Lock()
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
-
-    @staticmethod
-    def reply(handler, status: int, document: dict | None = None, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(document).encode() if document is not None else b""
-        handler.send_response(status)
-        handler.send_header("Content-Type", "application/json; charset=utf-8")
-        handler.send_header("Content-Length", str(len(data)))
-        for name, value in (headers or {}).items():
-            handler.send_header(name, value)
-        handler.end_headers()
-        handler.wfile.write(data)
-
-    @staticmethod
-    def form(handler) -> dict[str, str]:
-        length = int(handler.headers.get("Content-Length") or 0)
-        return {k: v[0] for k, v in parse_qs(handler.rfile.read(length).decode(), keep_blank_values=True).items()}
-
-
-class Entra(_Server):
+class Entra(FakeServer):
     """The Microsoft identity platform's token endpoint for one app registration's federated credential."""
 
     def __init__(self, tenant: str, client_id: str, assertion: str, expires_in: int = 3599) -> None:
@@ -96,15 +45,8 @@ class Entra(_Server):
         self.issued: set[str] = set()
         self.requests: list[dict[str, str]] = []
 
-    def __enter__(self) -> Entra:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     def _refuse(self, handler, status: int, error: str, code: int, description: str) -> None:
-        self.reply(handler, status, {"error": error, "error_description": f"AADSTS{code}: {description}\r\n"
+        self.reply_json(handler, status, {"error": error, "error_description": f"AADSTS{code}: {description}\r\n"
                                      f"Trace ID: {secrets.token_hex(8)}\r\nTimestamp: 2026-12-01 09:00:00Z",
                                      "error_codes": [code], "timestamp": "2026-12-01 09:00:00Z"})
 
@@ -130,7 +72,7 @@ class Entra(_Server):
                       "exp": int(time.time()) + self.expires_in})
         with self.lock:
             self.issued.add(token)
-        self.reply(handler, 200, {"token_type": "Bearer", "expires_in": self.expires_in,
+        self.reply_json(handler, 200, {"token_type": "Bearer", "expires_in": self.expires_in,
                                   "ext_expires_in": self.expires_in, "access_token": token})
 
 
@@ -144,7 +86,7 @@ class _AcrTokens(TokenServer):
         return self.realm_url
 
 
-class Acr(_Server):
+class Acr(FakeServer):
     """An ACR registry: ``/oauth2/exchange`` and ``/oauth2/token`` here, ``/v2/`` from a docker-registry behind."""
 
     def __init__(self, entra: Entra, refresh_lifetime: int = 3 * 3600) -> None:
@@ -178,7 +120,7 @@ class Acr(_Server):
         return self._forward(handler, f"http://{self.upstream}", handler.path)
 
     def _errors(self, handler, status: int, code: str, message: str) -> None:
-        self.reply(handler, status, {"errors": [{"code": code, "message": message}]})
+        self.reply_json(handler, status, {"errors": [{"code": code, "message": message}]})
 
     def _exchange(self, handler) -> None:
         form = self.form(handler)
@@ -194,7 +136,7 @@ class Acr(_Server):
                         "refresh_token", "jti": secrets.token_hex(8)})
         with self.lock:
             self.refresh_tokens.add(refresh)
-        self.reply(handler, 200, {"refresh_token": refresh})
+        self.reply_json(handler, 200, {"refresh_token": refresh})
 
     def _token(self, handler) -> None:
         form = self.form(handler)
@@ -205,7 +147,7 @@ class Acr(_Server):
             return self._errors(handler, 401, "UNAUTHORIZED", "invalid refresh token")
         scopes = tuple(form.get("scope", "").split())
         access = self.tokens._grant(self.tokens.credentials[0], scopes)
-        self.reply(handler, 200, {"access_token": self.tokens.mint("workload", access)})
+        self.reply_json(handler, 200, {"access_token": self.tokens.mint("workload", access)})
 
     def _forward(self, handler, base: str, target: str) -> None:
         origin = urlsplit(base)

@@ -11,18 +11,18 @@ next answers errors, as when Workload Identity is not set up for the pod.
 
 from __future__ import annotations
 
-import http.server
-import threading
+from tests.helpers.fakeserver import FakeServer
 
 __all__ = ["MetadataServer", "TOKEN_PATH"]
 
 TOKEN_PATH = "/computeMetadata/v1/instance/service-accounts/default/token"
 
 
-class MetadataServer:
+class MetadataServer(FakeServer):
     def __init__(self, tokens: tuple[str, ...] = ("ya29.gke-token-1",), expires_in: int = 3599, *,
                  flavor: bool = True) -> None:
         """``flavor=False`` plays something else on the address: the same answers without ``Metadata-Flavor``."""
+        super().__init__()
         self.flavor = flavor
         self.tokens = list(tokens)
         self.expires_in = expires_in
@@ -30,33 +30,12 @@ class MetadataServer:
         self.failure: tuple[int, bytes] | None = None
         self.redirect_to: str | None = None
         self._served = 0
-        self._lock = threading.Lock()
-        server = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            timeout = 10
-
-            def do_GET(self) -> None:
-                with server._lock:
-                    server.requests.append((self.command, self.path, dict(self.headers.items())))
-                status, content_type, body, headers = server._answer(self.path, self.headers)
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                for name, value in headers:
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self.host = f"127.0.0.1:{self._httpd.server_address[1]}"
-        self.address = ("127.0.0.1", self._httpd.server_address[1])
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    def handle(self, handler) -> None:
+        with self.lock:
+            self.requests.append((handler.command, handler.path, dict(handler.headers.items())))
+        status, content_type, body, headers = self._answer(handler.path, handler.headers)
+        self.reply(handler, status, content_type, body, headers)
 
     def _answer(self, path: str, headers) -> tuple[int, str, bytes, list[tuple[str, str]]]:
         flavor = [("Metadata-Flavor", "Google")] if self.flavor else []
@@ -70,7 +49,7 @@ class MetadataServer:
             return 302, "text/html", b"", flavor + [("Location", self.redirect_to)]
         if path.split("?")[0] != TOKEN_PATH:
             return 404, "text/html", b"Not Found", flavor
-        with self._lock:
+        with self.lock:
             if self.failure:
                 status, body = self.failure
                 return status, "text/plain", body, flavor
@@ -80,18 +59,9 @@ class MetadataServer:
         return 200, "application/json", body, flavor
 
     def fail(self, status: int, body: bytes) -> None:
-        with self._lock:
+        with self.lock:
             self.failure = (status, body)
 
     def token_requests(self) -> int:
-        with self._lock:
+        with self.lock:
             return sum(1 for _, path, _ in self.requests if path.startswith(TOKEN_PATH))
-
-    def __enter__(self) -> MetadataServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)

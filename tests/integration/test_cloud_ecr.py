@@ -17,69 +17,32 @@ import pytest
 from imgrep.bulkhead import Bulkhead
 from imgrep.config import load_config
 from imgrep.copier import Copier
-from imgrep.credsource import CredentialSource, ProviderFactory
 from imgrep.errors import CredentialProviderError, Unauthorized
 from imgrep.lease import MAX_BACKOFF
 from imgrep.registry import RegistryClient, Repo
 from imgrep.retry import RetryPolicy
 from imgrep.transport import Transport
-from tests.helpers.aws import ACCOUNT, ROLE_ARN, Aws, ecr_error_body, sts_error_body, web_identity_token
-from tests.helpers.clock import MovableClock
-from tests.helpers.engine import unique
+from tests.helpers.aws import (ACCOUNT, ECR_CREDENTIALS, ROLE_ARN, Aws, ecr_error_body, sts_error_body,
+                               web_identity_token)
+from tests.helpers.engine import CloudEngine, unique
 from tests.helpers.faultproxy import Fault
 from tests.helpers.images import make_image, push_image
 from tests.helpers.registry import RegistryServer
 from tests.helpers.skopeo import inspect_raw
 
 HOUR = 3600.0
-ECR_PASSWORD = f"{ACCOUNT}-auth-token"
 
 
-@pytest.fixture(scope="module")
-def aws():
-    with Aws() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def ecr_registry():
-    """The 'ECR registry': htpasswd with the credentials ECR hands out, and nothing else."""
-    with RegistryServer(auth="basic", username="AWS", password=ECR_PASSWORD) as registry:
-        yield registry
-
-
-class EcrEngine:
-    """The copy engine with imgrep's credential source, on a clock the test moves."""
-
-    def __init__(self, aws: Aws, token_file, source: RegistryServer, target: RegistryServer, **settings: str):
-        self.clock = MovableClock()
-        self.config = load_config({**aws.environment(token_file, target.host),
-                                   "INSECURE_REGISTRIES": f"{source.host},{target.host}", **settings})
-        self.transport = Transport(insecure_registries=self.config.insecure_registries, timeout=10)
-        self.factory = ProviderFactory(self.config.cloud, self.transport, clock=self.clock.monotonic,
-                                       wall_clock=self.clock.time, sleep=lambda seconds: time.sleep(min(seconds, 0.05)))
-        self.source = CredentialSource(self.config.credentials, self.config.cloud, self.factory,
-                                       clock=self.clock.monotonic, jitter=lambda: 0.0)
-        self.client = RegistryClient(self.transport, self.source, retry=RetryPolicy(attempts=1))
-        self.pool = Bulkhead(4, 4, name="test-ecr-blob")
-        self.copier = Copier(self.client, self.pool, retry=RetryPolicy(attempts=1))
-        self.source_host, self.target_host = source.host, target.host
-
-    def copy(self, repository: str, tag: str = "v1", target_repository: str | None = None):
-        return self.copier.copy(Repo(self.source_host, repository), tag,
-                                Repo(self.target_host, target_repository or f"mirror/{repository}"),
-                                time.monotonic() + 60)
-
-    def close(self) -> None:
-        self.pool.shutdown()
-        self.source.close()
-        self.transport.close()
+def ecr_engine(aws: Aws, tmp_path, source: RegistryServer, target: RegistryServer, **settings: str) -> CloudEngine:
+    """The copy engine with only IRSA's variables (and the endpoint overrides) to get credentials from."""
+    return CloudEngine({**aws.environment(web_identity_token(tmp_path / "token"), target.host), **settings},
+                       source.host, target.host)
 
 
 @pytest.fixture()
 def engine(aws, tmp_path, registry_noauth, ecr_registry):
     aws.reset()
-    engine = EcrEngine(aws, web_identity_token(tmp_path / "token"), registry_noauth, ecr_registry)
+    engine = ecr_engine(aws, tmp_path, registry_noauth, ecr_registry)
     yield engine
     engine.close()
 
@@ -94,9 +57,9 @@ def test_copy_into_an_ecr_repository_that_did_not_exist_creates_it_with_the_conf
     aws.reset()
     repository = unique("ecr/created")
     digest = push_image(registry_noauth, repository, "v1", make_image(seed=repository))
-    engine = EcrEngine(aws, web_identity_token(tmp_path / "token"), registry_noauth, ecr_registry,
-                       ECR_TAG_MUTABILITY="immutable", ECR_SCAN_ON_PUSH="true", ECR_ENCRYPTION="kms",
-                       ECR_KMS_KEY=f"arn:aws:kms:eu-west-1:{ACCOUNT}:key/mirror")
+    engine = ecr_engine(aws, tmp_path, registry_noauth, ecr_registry,
+                        ECR_TAG_MUTABILITY="immutable", ECR_SCAN_ON_PUSH="true", ECR_ENCRYPTION="kms",
+                        ECR_KMS_KEY=f"arn:aws:kms:eu-west-1:{ACCOUNT}:key/mirror")
     try:
         assert f"mirror/{repository}" not in repositories(aws)
 
@@ -110,7 +73,7 @@ def test_copy_into_an_ecr_repository_that_did_not_exist_creates_it_with_the_conf
                                                       "kmsKey": f"arn:aws:kms:eu-west-1:{ACCOUNT}:key/mirror"}
         assert (aws.calls("AssumeRoleWithWebIdentity"), aws.calls("GetAuthorizationToken"),
                 aws.calls("DescribeRepositories"), aws.calls("CreateRepository")) == (1, 1, 1, 1)
-        raw = inspect_raw(f"docker://{ecr_registry.host}/mirror/{repository}:v1", creds=("AWS", ECR_PASSWORD))
+        raw = inspect_raw(f"docker://{ecr_registry.host}/mirror/{repository}:v1", creds=ECR_CREDENTIALS)
         assert raw == make_image(seed=repository).manifest
     finally:
         engine.close()
@@ -182,15 +145,11 @@ def test_an_expired_credential_that_cannot_be_renewed_fails_naming_the_provider(
     assert "ECR: AssumeRoleWithWebIdentity: AccessDenied: Not authorized to perform sts:AssumeRoleWithWebIdentity" \
         in str(failure.value)
     assert failure.value.reason == "unauthorized" and not failure.value.temporary
-    assert ecr_registry_host(engine) in str(failure.value)
+    assert engine.target_host in str(failure.value)
     calls = aws.calls("AssumeRoleWithWebIdentity")
     with pytest.raises(CredentialProviderError):  # remembered: the flood of retries does not reach STS
         engine.copy(repository, "v1", target_repository=f"mirror/{repository}-again")
     assert aws.calls("AssumeRoleWithWebIdentity") == calls == 2  # a refusal is not retried on the spot
-
-
-def ecr_registry_host(engine: EcrEngine) -> str:
-    return engine.target_host
 
 
 def test_a_refused_create_repository_is_named_and_nothing_is_pushed(aws, engine, registry_noauth, ecr_registry):
@@ -242,7 +201,7 @@ def test_moto_checking_iam_accepts_imgreps_signatures_and_needs_exactly_the_docu
         {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": list(actions), "Resource": "*"}]}))
     repository = unique("ecr/iam")
     push_image(registry_noauth, repository, "v1", make_image(seed=repository))
-    engine = EcrEngine(aws, web_identity_token(tmp_path / "token"), registry_noauth, ecr_registry)
+    engine = ecr_engine(aws, tmp_path, registry_noauth, ecr_registry)
     aws.enforce_iam(free_actions=1)  # AssumeRoleWithWebIdentity is unsigned, as in AWS
     try:
         if refused is None:

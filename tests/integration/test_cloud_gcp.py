@@ -11,16 +11,12 @@ import time
 
 import pytest
 
-from imgrep.bulkhead import Bulkhead
 from imgrep.config import load_config
-from imgrep.copier import Copier
 from imgrep.credsource import CredentialSource, ProviderFactory
 from imgrep.errors import CredentialProviderError
-from imgrep.registry import RegistryClient, Repo
 from imgrep.retry import RetryPolicy
 from imgrep.transport import Transport
-from tests.helpers.clock import MovableClock
-from tests.helpers.engine import unique
+from tests.helpers.engine import CloudEngine, unique
 from tests.helpers.gcp import MetadataServer
 from tests.helpers.images import make_image, push_image
 from tests.helpers.registry import RegistryServer
@@ -40,35 +36,10 @@ def metadata():
         yield server
 
 
-class GcpEngine:
-    def __init__(self, metadata: MetadataServer, source: RegistryServer, target: RegistryServer):
-        self.clock = MovableClock()
-        config = load_config({"REGISTRY_PROVIDERS": f"{target.host}=gcp", "GCE_METADATA_HOST": metadata.host,
-                              "INSECURE_REGISTRIES": f"{source.host},{target.host}"})
-        self.transport = Transport(insecure_registries=config.insecure_registries, timeout=10)
-        self.credentials = CredentialSource(
-            config.credentials, config.cloud,
-            ProviderFactory(config.cloud, self.transport, clock=self.clock.monotonic, wall_clock=self.clock.time,
-                            sleep=lambda seconds: time.sleep(min(seconds, 0.05))),
-            clock=self.clock.monotonic, jitter=lambda: 0.0)
-        self.pool = Bulkhead(4, 4, name="test-gcp-blob")
-        self.copier = Copier(RegistryClient(self.transport, self.credentials, retry=RetryPolicy(attempts=1)),
-                             self.pool, retry=RetryPolicy(attempts=1))
-        self.source_host, self.target_host = source.host, target.host
-
-    def copy(self, repository: str, tag: str = "v1"):
-        return self.copier.copy(Repo(self.source_host, repository), tag,
-                                Repo(self.target_host, f"project/mirror/{repository}"), time.monotonic() + 60)
-
-    def close(self) -> None:
-        self.pool.shutdown()
-        self.credentials.close()
-        self.transport.close()
-
-
 @pytest.fixture()
 def engine(metadata, registry_noauth, gar):
-    engine = GcpEngine(metadata, registry_noauth, gar)
+    engine = CloudEngine({"REGISTRY_PROVIDERS": f"{gar.host}=gcp", "GCE_METADATA_HOST": metadata.host},
+                         registry_noauth.host, gar.host, prefix="project/mirror")
     yield engine
     engine.close()
 

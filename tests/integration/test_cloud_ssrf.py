@@ -15,10 +15,7 @@ what these tests prove is the guard's decision for that address:
 
 from __future__ import annotations
 
-import http.server
-import json
 import socket
-import threading
 import time
 
 import pytest
@@ -31,54 +28,12 @@ from imgrep.providers import (EKS_POD_IDENTITY_ADDRESSES, GKE_METADATA_ADDRESS, 
                               provider_transport)
 from imgrep.registry import RegistryClient, Repo
 from imgrep.transport import Transport
+from tests.helpers.aws import PodIdentityAgent
+from tests.helpers.fakeserver import FakeServer
 from tests.helpers.gcp import TOKEN_PATH, MetadataServer
 
 GKE = "169.254.169.254"
 EKS = "169.254.170.23"
-
-
-class PodIdentityAgent:
-    """EKS Pod Identity's agent: ``GET /v1/credentials`` with the pod's token as Authorization."""
-
-    def __init__(self, token: str) -> None:
-        self.requests: list[dict[str, str]] = []
-        agent = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            timeout = 10
-
-            def do_GET(self) -> None:
-                agent.requests.append(dict(self.headers.items()))
-                if self.headers.get("Authorization") != token:
-                    status, body = 400, {"code": "InvalidTokenException", "message": "Invalid token"}
-                else:
-                    status, body = 200, {"AccessKeyId": "ASIAPODIDENTITY", "SecretAccessKey": "pod-secret",
-                                         "Token": "pod-session", "AccountId": "123456789012",
-                                         "Expiration": "2099-01-01T00:00:00Z"}
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self.address = ("127.0.0.1", self._httpd.server_address[1])
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    def __enter__(self) -> PodIdentityAgent:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
 
 
 @pytest.fixture()
@@ -146,38 +101,20 @@ def test_an_image_reference_naming_a_provider_address_is_refused_before_any_pack
     assert routed == [] and metadata.requests == [] and agent.requests == []
 
 
-class Redirecting(http.server.BaseHTTPRequestHandler):
+class Redirecting(FakeServer):
     """A registry that sends every GET to the metadata server, and challenges with a realm there."""
 
-    protocol_version = "HTTP/1.1"
-    target = ""
-
-    def do_GET(self) -> None:
-        if self.path.startswith("/v2/challenge"):
-            self.send_response(401)
-            self.send_header("WWW-Authenticate", f'Bearer realm="http://{GKE}{TOKEN_PATH}",service="x"')
+    def handle(self, handler) -> None:
+        if handler.path.startswith("/v2/challenge"):
+            self.reply(handler, 401, headers=[("WWW-Authenticate", f'Bearer realm="http://{GKE}{TOKEN_PATH}",service="x"')])
         else:
-            self.send_response(307)
-            self.send_header("Location", f"http://{GKE}{TOKEN_PATH}")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    do_HEAD = do_GET
-
-    def log_message(self, *args: object) -> None:
-        pass
+            self.reply(handler, 307, headers=[("Location", f"http://{GKE}{TOKEN_PATH}")])
 
 
 @pytest.fixture()
 def redirecting():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirecting)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield f"127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(timeout=5)
+    with Redirecting() as server:
+        yield server.host
 
 
 def test_a_registry_redirect_to_the_metadata_address_is_refused(routed, metadata, redirecting):
