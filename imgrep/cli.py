@@ -24,6 +24,7 @@ from . import __version__
 from .bulkhead import Bulkhead
 from .checker import ImageChecker
 from .copier import LOOKUP_CONCURRENCY, Copier, CopyResult, Progress
+from .credsource import credential_lookup
 from .results import ERROR, EXISTS
 from .config import MUTATE_TARGET, Config, load_config
 from .errors import ConfigError, ImgrepError
@@ -104,7 +105,9 @@ def build_runtime(config: Config) -> Runtime:
         )
     except ssl.SSLError as exc:
         raise ConfigError("REGISTRY_CA_FILE", f"not a PEM certificate bundle ({exc.reason})") from None
-    client = RegistryClient(transport, config.credentials)
+    credentials = credential_lookup(config.credentials, config.cloud, transport, ca_file=config.registry_ca_file,
+                                    observe=_provider_recorder(logger))
+    client = RegistryClient(transport, credentials)
     allowed = config.allowed_registries
     if allowed and config.mutate == MUTATE_TARGET:  # mutated Pods name the target: validation must not refuse it
         allowed = allowed | {config.target.host}
@@ -121,6 +124,16 @@ def build_runtime(config: Config) -> Runtime:
                                 timeout=config.replication_timeout_seconds, remember_seconds=config.cache_ttl_seconds,
                                 on_done=_replication_recorder(config, telemetry, logger))
     return Runtime(config, logger, telemetry, transport, client, checker, copier, replicator)
+
+
+def _provider_recorder(logger: Logger):
+    """Each credential renewal in the log: which provider, for which registry, never the credential."""
+    def record(provider: str, outcome: str, registry: str, detail: str) -> None:
+        if outcome == "renewed":
+            logger.info("credentials_renewed", provider=provider, registry=registry, detail=detail)
+        else:
+            logger.warning("credentials_failed", provider=provider, registry=registry, error=detail)
+    return record
 
 
 def _replication_recorder(config: Config, telemetry: Telemetry, logger: Logger):

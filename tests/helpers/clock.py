@@ -5,6 +5,10 @@ under test is taken from the same clock (``clock() + 5``), never from ``time.mon
 so nothing depends on where the clock starts. A test that mixes the two passes or fails
 with the machine's uptime: ``time.monotonic()`` is a few seconds on a freshly booted
 machine and months on a long-running one.
+
+A movable clock is real time plus an offset, for crossing credential lifetimes: both
+faces move together, as they would in a process that ran that long (``monotonic`` for
+leases and backoffs, ``time`` for the absolute expiry times clouds answer with).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-__all__ = ["FakeClock", "wait_until"]
+__all__ = ["FakeClock", "MovableClock", "wait_until"]
 
 
 class FakeClock:
@@ -26,6 +30,20 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+class MovableClock:
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset
+
+    def time(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
 
 
 def wait_until(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> bool:

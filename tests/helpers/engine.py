@@ -9,18 +9,20 @@ import uuid
 from collections.abc import Iterator
 
 from imgrep.bulkhead import Bulkhead
+from imgrep.config import load_config
 from imgrep.copier import LOOKUP_CONCURRENCY, Copier
 from imgrep.credentials import CredentialStore
+from imgrep.credsource import CredentialSource, ProviderFactory
 from imgrep.errors import ManifestNotFound, RegistryError
 from imgrep.registry import RegistryClient, Repo
 from imgrep.retry import RetryPolicy
 from imgrep.transport import Transport
-from tests.helpers.clock import wait_until
+from tests.helpers.clock import MovableClock, wait_until
 from tests.helpers.faultproxy import Fault, FaultProxy
 from tests.helpers.images import make_image, push_image
 from tests.helpers.registry import RegistryServer
 
-__all__ = ["Engine", "FAST_RETRY", "target_manifest_missing", "copy_until_interrupted", "proxied_pair",
+__all__ = ["Engine", "CloudEngine", "FAST_RETRY", "target_manifest_missing", "copy_until_interrupted", "proxied_pair",
            "trickling_image", "unique"]
 
 #: fault tests give up fast; the production policy waits longer between attempts
@@ -53,6 +55,36 @@ class Engine:
     def close(self) -> None:
         self.pool.shutdown()
         self.lookups.shutdown()
+        self.transport.close()
+
+
+class CloudEngine:
+    """The copy engine with imgrep's credential source configured from ``environ``, on a clock the test moves.
+
+    Provider retries wait at most 50 ms, so a test of backoff does not sleep through it.
+    """
+
+    def __init__(self, environ: dict[str, str], source_host: str, target_host: str, prefix: str = "mirror"):
+        self.clock = MovableClock()
+        self.config = load_config({**environ, "INSECURE_REGISTRIES": f"{source_host},{target_host}"})
+        self.transport = Transport(insecure_registries=self.config.insecure_registries, timeout=10)
+        factory = ProviderFactory(self.config.cloud, self.transport, clock=self.clock.monotonic,
+                                  wall_clock=self.clock.time, sleep=lambda seconds: time.sleep(min(seconds, 0.05)))
+        self.credentials = CredentialSource(self.config.credentials, self.config.cloud, factory,
+                                            clock=self.clock.monotonic, jitter=lambda: 0.0)
+        self.client = RegistryClient(self.transport, self.credentials, retry=RetryPolicy(attempts=1))
+        self.pool = Bulkhead(4, 4, name="test-cloud-blob")
+        self.copier = Copier(self.client, self.pool, retry=RetryPolicy(attempts=1))
+        self.source_host, self.target_host, self.prefix = source_host, target_host, prefix
+
+    def copy(self, repository: str, tag: str = "v1", target_repository: str | None = None):
+        return self.copier.copy(Repo(self.source_host, repository), tag,
+                                Repo(self.target_host, target_repository or f"{self.prefix}/{repository}"),
+                                time.monotonic() + 60)
+
+    def close(self) -> None:
+        self.pool.shutdown()
+        self.credentials.close()
         self.transport.close()
 
 

@@ -53,6 +53,8 @@ class FaultProxy:
         self.fault: Fault | None = None
         self.hits = 0
         self._slow_bodies = 0
+        #: every request that arrived: (method, path, headers, body), for tests that count calls
+        self.seen: list[tuple[str, str, dict[str, str], bytes]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         proxy = self
@@ -66,6 +68,8 @@ class FaultProxy:
             def _forward(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
+                with proxy._lock:
+                    proxy.seen.append((self.command, self.path, dict(self.headers.items()), body or b""))
                 fault = proxy._take(self.command, self.path)
                 if fault and fault.kind == "status":
                     self.send_response(fault.status)
