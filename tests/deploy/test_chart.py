@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import imgrep
-from imgrep.config import load_config
+from imgrep.config import MUTATE_OFF, MUTATE_PIN, MUTATE_TARGET, load_config
 from tests.deploy.chart import CHART, NAMESPACE, helm, notes, render, render_objects
 from tests.deploy.kube import REPO, find, kustomize
 from tests.helpers.binaries import require_module
@@ -36,6 +36,7 @@ EVERY_SETTING = {
     "ports": {"webhook": 9443, "health": 9090},
     "targetRegistry": "registry.example.com/mirror",
     "targetIncludeRegistry": True,
+    "mutate": "true",
     "registryTimeoutMilliseconds": 600000,
     "registryErrorPolicy": "allow",
     "cacheTTLSeconds": 0,
@@ -68,6 +69,12 @@ VALUE_SETS = {
     "every-setting": EVERY_SETTING,
     "audit-without-webhook": {"mode": "audit", "webhook": {"enabled": False}, "replicas": 1,
                               "podDisruptionBudget": {"enabled": False}},
+    "mutating": {"mutate": "true", "targetRegistry": "registry.example.com/mirror"},
+    # pin needs no target.
+    "pin-with-cert-manager": {"mutate": "pin", "certManager": {"enabled": True}},
+    # mutate as `--set mutate=true` writes it: a boolean.
+    "mutating-without-webhook": {"mutate": True, "targetRegistry": "registry.example.com/mirror",
+                                 "webhook": {"enabled": False}},
 }
 CRD_KINDS = {("cert-manager.io/v1", "Issuer"), ("cert-manager.io/v1", "Certificate"),
              ("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
@@ -142,24 +149,37 @@ def test_lint_is_clean(value_set, kube_version):
     assert report["errors"] == []
 
 
-def test_default_render_is_the_plain_kustomize_install_but_the_namespace(objects, kubectl, env):
+def assert_same_objects(rendered: list[dict], built: list[dict]) -> None:
+    """Object by object, so a failure names the object that differs."""
+    rendered_by_key, built_by_key = by_key(rendered), by_key(built)
+    assert sorted(rendered_by_key) == sorted(built_by_key)
+    for key, obj in rendered_by_key.items():
+        assert obj == built_by_key[key], key
+
+
+def assert_renders_the_build_but_the_namespace(build, values: dict, built: list[dict]) -> None:
     """Helm keeps its release record in the namespace, so `helm install` needs it to exist
     first: the chart renders it only with namespace.create (README, Installing with Helm)."""
-    built = by_key(kustomize(kubectl, REPO / "deploy", env))
-    rendered = by_key(objects("default"))
-    assert set(built) - set(rendered) == {("Namespace", APP)}
-    assert set(rendered) - set(built) == set()
-    for key, obj in rendered.items():
-        assert obj == built[key], key
-    assert by_key(objects("with-namespace")) == built
+    namespace = find(built, "Namespace", APP)
+    assert_same_objects(build(values), [o for o in built if o is not namespace])
+    assert_same_objects(build({**values, "namespace": {"create": True}}), built)
+
+
+def test_default_render_is_the_plain_kustomize_install_but_the_namespace(build, kubectl, env):
+    built = kustomize(kubectl, REPO / "deploy", env)
+    assert_renders_the_build_but_the_namespace(build, VALUE_SETS["default"], built)
 
 
 def test_cert_manager_render_is_the_cert_manager_kustomize_install(build, kubectl, env):
-    built = by_key(kustomize(kubectl, REPO / "deploy" / "cert-manager", env))
-    rendered = by_key(build({"certManager": {"enabled": True}, "namespace": {"create": True}}))
-    assert set(rendered) == set(built)
-    for key, obj in rendered.items():
-        assert obj == built[key], key
+    built = kustomize(kubectl, REPO / "deploy" / "cert-manager", env)
+    assert_renders_the_build_but_the_namespace(build, VALUE_SETS["cert-manager"], built)
+
+
+def test_mutating_render_is_the_mutating_kustomize_install(build, kubectl, env):
+    """mutate=true with the placeholder TARGET_REGISTRY deploy/mutating ships."""
+    built = kustomize(kubectl, REPO / "deploy" / "mutating", env)
+    assert VALUE_SETS["mutating"] == {"mutate": "true", "targetRegistry": env_values(built)["TARGET_REGISTRY"]}
+    assert_renders_the_build_but_the_namespace(build, VALUE_SETS["mutating"], built)
 
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
@@ -227,6 +247,7 @@ def test_the_rendered_environment_configures_imgrep_as_the_values_say(objects):
     assert config.excluded_namespaces == {"kube-system", "monitoring", NAMESPACE}
     assert config.shutdown_delay_seconds == 3
     assert (str(config.target), config.target_include_registry) == ("registry.example.com/mirror", True)
+    assert config.mutate == MUTATE_TARGET
     assert (config.replication_timeout_seconds, config.registry_error_policy) == (600, "allow")
     assert config.cache_ttl_seconds == 0
     assert config.insecure_registries == {"registry.lab:5000", "10.0.0.5"}
@@ -283,26 +304,62 @@ def test_pod_values_reach_the_pod_and_labels_never_reach_selectors(objects):
     assert find(rendered, "PodDisruptionBudget", APP)["spec"]["selector"]["matchLabels"] == {"app": APP}
 
 
+def webhooks(objects: list[dict], kind: str) -> dict:
+    (only,) = find(objects, kind, APP)["webhooks"]
+    return only
+
+
 def test_webhook_values_reach_the_webhook(objects):
-    (hook,) = find(objects("every-setting"), "ValidatingWebhookConfiguration", APP)["webhooks"]
+    hook = webhooks(objects("every-setting"), "ValidatingWebhookConfiguration")
     assert (hook["timeoutSeconds"], hook["failurePolicy"]) == (6, "Ignore")
     (namespaces,) = hook["namespaceSelector"]["matchExpressions"]
     assert namespaces["values"] == ["kube-system", "monitoring", NAMESPACE]
     assert env_values(objects("every-setting"))["EXCLUDED_NAMESPACES"] == ",".join(namespaces["values"])
 
 
+def test_mutating_webhook_follows_the_validating_one(objects):
+    """Both call the same replicas: one timeout, one failure policy, the same namespaces and skip label."""
+    rendered = objects("every-setting")
+    hook = webhooks(rendered, "MutatingWebhookConfiguration")
+    validating = webhooks(rendered, "ValidatingWebhookConfiguration")
+    assert (hook["timeoutSeconds"], hook["failurePolicy"]) == (6, "Ignore")
+    assert hook["namespaceSelector"] == validating["namespaceSelector"]
+    assert hook["objectSelector"] == validating["objectSelector"]
+    assert hook["clientConfig"]["service"] == {**validating["clientConfig"]["service"], "path": "/mutate"}
+    assert (hook["reinvocationPolicy"], hook["sideEffects"]) == ("IfNeeded", "NoneOnDryRun")
+    assert hook["name"] != validating["name"]
+
+
+def test_mutation_is_off_unless_asked_for(build):
+    for off in (False, "false"):
+        rendered = build({"mutate": off, "targetRegistry": "registry.example.com/mirror"})
+        assert "MUTATE" not in env_values(rendered)
+        assert not [o for o in rendered if o["kind"] == "MutatingWebhookConfiguration"]
+
+
+@pytest.mark.parametrize("value_set, mutate", [("mutating", MUTATE_TARGET), ("pin-with-cert-manager", MUTATE_PIN),
+                                               ("mutating-without-webhook", MUTATE_TARGET), ("default", MUTATE_OFF)])
+def test_imgrep_starts_with_the_mutation_the_values_ask_for(objects, value_set, mutate):
+    """load_config is what exits 2 at start: the rendered environment passes it."""
+    config = load_config(env_values(objects(value_set)))
+    assert config.mutate == mutate
+
+
 def test_release_namespace_and_name_reach_every_reference(build):
-    rendered = build({"name": "imgrep-staging", "certManager": {"enabled": True}}, namespace="platform")
+    rendered = build({"name": "imgrep-staging", "certManager": {"enabled": True}, "mutate": "pin"},
+                     namespace="platform")
     for obj in rendered:
-        if obj["kind"] != "ValidatingWebhookConfiguration":
+        if obj["kind"] not in ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"):
             assert obj["metadata"]["namespace"] == "platform", obj["kind"]
-    (hook,) = find(rendered, "ValidatingWebhookConfiguration", "imgrep-staging")["webhooks"]
-    assert hook["name"] == "imgrep-staging.platform.svc"
-    assert hook["clientConfig"]["service"] == {"name": "imgrep-staging", "namespace": "platform",
-                                               "path": "/validate", "port": 443}
-    assert "platform" in hook["namespaceSelector"]["matchExpressions"][0]["values"]
-    annotations = find(rendered, "ValidatingWebhookConfiguration", "imgrep-staging")["metadata"]["annotations"]
-    assert annotations == {"cert-manager.io/inject-ca-from": "platform/imgrep-staging-cert"}
+    for kind, prefix, path in [("ValidatingWebhookConfiguration", "", "/validate"),
+                               ("MutatingWebhookConfiguration", "mutate.", "/mutate")]:
+        (hook,) = find(rendered, kind, "imgrep-staging")["webhooks"]
+        assert hook["name"] == f"{prefix}imgrep-staging.platform.svc"
+        assert hook["clientConfig"]["service"] == {"name": "imgrep-staging", "namespace": "platform",
+                                                   "path": path, "port": 443}
+        assert "platform" in hook["namespaceSelector"]["matchExpressions"][0]["values"]
+        annotations = find(rendered, kind, "imgrep-staging")["metadata"]["annotations"]
+        assert annotations == {"cert-manager.io/inject-ca-from": "platform/imgrep-staging-cert"}, kind
     serving = find(rendered, "Certificate", "imgrep-staging-cert")["spec"]
     assert serving["dnsNames"] == ["imgrep-staging", "imgrep-staging.platform", "imgrep-staging.platform.svc",
                                    "imgrep-staging.platform.svc.cluster.local"]
@@ -313,9 +370,10 @@ def test_release_namespace_and_name_reach_every_reference(build):
 
 
 def test_plain_install_writes_the_given_ca_bundle_and_mounts_the_given_secret(build):
-    rendered = build({"tls": {"caBundle": "QUJDRA==", "secretName": "webhook-serving"}})
-    (hook,) = find(rendered, "ValidatingWebhookConfiguration", APP)["webhooks"]
-    assert hook["clientConfig"]["caBundle"] == "QUJDRA=="
+    rendered = build({"tls": {"caBundle": "QUJDRA==", "secretName": "webhook-serving"}, "mutate": "pin"})
+    for kind in ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"):
+        assert webhooks(rendered, kind)["clientConfig"]["caBundle"] == "QUJDRA==", kind
+        assert "annotations" not in find(rendered, kind, APP)["metadata"], kind
     (tls,) = [v for v in pod_spec(rendered)["volumes"] if v["name"] == "tls"]
     assert tls["secret"]["secretName"] == "webhook-serving"
 
@@ -325,6 +383,11 @@ def test_webhook_can_be_registered_after_the_rollout(objects):
     kinds = {o["kind"] for o in objects("audit-without-webhook")}
     assert kinds == {"ServiceAccount", "Service", "Deployment"}
     assert "--set webhook.enabled=true" in notes(VALUE_SETS["audit-without-webhook"])
+    # The mutating webhook waits for the same upgrade; imgrep already runs with MUTATE.
+    kinds = {o["kind"] for o in objects("mutating-without-webhook")}
+    assert kinds == {"ServiceAccount", "Service", "Deployment", "PodDisruptionBudget"}
+    assert env_values(objects("mutating-without-webhook"))["MUTATE"] == "true"
+    assert "register it and the mutating one" in notes(VALUE_SETS["mutating-without-webhook"])
 
 
 def test_service_monitor_scrapes_the_health_port_of_the_service(objects):
@@ -367,6 +430,7 @@ BAD_VALUES = [
     ({"commonLabels": {"app": "other"}}, "invalid propertyName 'app'"),
     ({"tls": {"caBundle": "-----BEGIN CERTIFICATE-----"}}, "at '/tls/caBundle'"),
     ({"replica": 3}, "additional properties 'replica' not allowed"),
+    ({"mutate": "yes"}, "at '/mutate': value must be one of false, true, 'false', 'true', 'pin'"),
 ]
 
 
@@ -388,6 +452,9 @@ RELATIONS = [
     ({"webhook": {"timeoutSeconds": 30}, "admissionBudgetSeconds": 30},
      "at '/admissionBudgetSeconds': exclusiveMaximum: got 30, want 30"),
     ({"certManager": {"enabled": True}, "tls": {"caBundle": "QUJD"}}, "at '/tls/caBundle': value must be ''"),
+    # imgrep exits 2 on MUTATE=true without TARGET_REGISTRY; pin needs none (a value set renders it).
+    ({"mutate": "true"}, "at '/targetRegistry': minLength: got 0, want 1"),
+    ({"mutate": True}, "at '/targetRegistry': minLength: got 0, want 1"),
 ]
 
 
@@ -427,3 +494,8 @@ def test_notes_say_how_to_check_the_install():
     managed = notes({"certManager": {"enabled": True}})
     assert f"get certificate {APP}-cert" in managed and "tls.caBundle is empty" not in managed
     assert "allowed with a warning" in notes({"mode": "audit"})
+    assert "kubectl run imgrep-mutated" not in plain
+    mutating = notes(VALUE_SETS["mutating"])
+    assert "pointing Pods at the copies there, pinned by digest (MUTATE=true)" in mutating
+    assert "# registry.example.com/mirror/library/nginx:1.27@sha256:... once the target holds it" in mutating
+    assert "# nginx:1.27@sha256:..." in notes({"mutate": "pin"})

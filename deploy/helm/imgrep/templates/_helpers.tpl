@@ -20,6 +20,60 @@ app: {{ include "imgrep.name" . }}
 {{- toJson (uniq (append .Values.excludedNamespaces .Release.Namespace)) -}}
 {{- end }}
 
+{{/*
+MUTATE as imgrep reads it: "true" or "pin", or empty when mutation is off (the
+variable is then left unset and no MutatingWebhookConfiguration is rendered).
+mutate may be a boolean, as `--set mutate=true` writes it, or a string.
+*/}}
+{{- define "imgrep.mutate" -}}
+{{- $mutate := toString .Values.mutate -}}
+{{- if ne $mutate "false" -}}
+{{- $mutate -}}
+{{- end -}}
+{{- end }}
+
+{{/*
+What both webhook configurations share, so they stay alike: their metadata (the
+CA injection included), the clientConfig for a path, and the selectors (the same
+namespaces as EXCLUDED_NAMESPACES, the release's own included, and the skip label).
+*/}}
+{{- define "imgrep.webhookMetadata" -}}
+name: {{ include "imgrep.name" . }}
+labels:
+  {{- include "imgrep.labels" . | nindent 2 }}
+{{- if .Values.certManager.enabled }}
+annotations:
+  # cert-manager's CA injector fills in caBundle from the serving certificate's Secret.
+  cert-manager.io/inject-ca-from: {{ .Release.Namespace }}/{{ include "imgrep.name" . }}-cert
+{{- end }}
+{{- end }}
+
+{{/* Called with (dict "root" $ "path" "/validate"). */}}
+{{- define "imgrep.webhookClientConfig" -}}
+{{- with .root.Values.tls.caBundle -}}
+caBundle: {{ . }}
+{{ end -}}
+service:
+  name: {{ include "imgrep.name" .root }}
+  namespace: {{ .root.Release.Namespace }}
+  path: {{ .path }}
+  port: 443
+{{- end }}
+
+{{- define "imgrep.webhookSelectors" -}}
+namespaceSelector:
+  matchExpressions:
+    - key: kubernetes.io/metadata.name
+      operator: NotIn
+      values: {{ include "imgrep.excludedNamespaces" . }}
+# Objects labelled image-replicator.io/skip: "true" are never sent.
+objectSelector:
+  matchExpressions:
+    - key: image-replicator.io/skip
+      operator: NotIn
+      values: ["true"]
+{{- end }}
+
 {{- define "imgrep.tlsSecretName" -}}
 {{- .Values.tls.secretName | default (printf "%s-tls" (include "imgrep.name" .)) -}}
 {{- end }}
@@ -74,6 +128,7 @@ imgrep's variables the chart sets itself, each with the value that sets it
   "EXCLUDED_NAMESPACES" "excludedNamespaces"
   "LOG_FORMAT" "logFormat"
   "SHUTDOWN_DELAY_SECONDS" "shutdownDelaySeconds"
+  "MUTATE" "mutate"
   "TARGET_REGISTRY" "targetRegistry"
   "TARGET_INCLUDE_REGISTRY" "targetIncludeRegistry"
   "REGISTRY_TIMEOUT" "registryTimeoutMilliseconds"
