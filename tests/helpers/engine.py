@@ -33,7 +33,7 @@ class Engine:
     """An imgrep client and copier wired for one source and one target registry."""
 
     def __init__(self, source_host: str, source_creds, target_host: str, target_creds,
-                 retry: RetryPolicy = RetryPolicy()):
+                 retry: RetryPolicy = RetryPolicy(), upload_retry: RetryPolicy | None = None):
         environ = {}
         for name, host, creds in (("SRC", source_host, source_creds), ("DST", target_host, target_creds)):
             if creds:
@@ -44,7 +44,7 @@ class Engine:
         self.pool = Bulkhead(8, 4, name="test-blob")
         self.lookups = Bulkhead(2 * LOOKUP_CONCURRENCY, LOOKUP_CONCURRENCY, name="test-lookup")
         self.blob_results: list[str] = []
-        self.copier = Copier(self.client, self.pool, retry=retry, lookups=self.lookups,
+        self.copier = Copier(self.client, self.pool, retry=upload_retry or retry, lookups=self.lookups,
                              on_blob=lambda result, size: self.blob_results.append(result))
         self.source_host, self.target_host = source_host, target_host
 
@@ -131,10 +131,14 @@ def _holds_a_blob(target) -> bool:
 
 
 @contextlib.contextmanager
-def proxied_pair(retry: RetryPolicy = RetryPolicy()) -> Iterator[tuple]:
-    """(source, target, proxy, engine): no-auth registries, the source behind a fault proxy."""
-    with RegistryServer() as source, RegistryServer() as target, FaultProxy(source.host) as proxy:
-        engine = Engine(proxy.host, None, target.host, None, retry=retry)
+def proxied_pair(retry: RetryPolicy = RetryPolicy(), *, front: str = "source",
+                 upload_retry: RetryPolicy | None = None) -> Iterator[tuple]:
+    """(source, target, proxy, engine): no-auth registries, the ``front`` one ("source" or "target")
+    behind a fault proxy."""
+    with RegistryServer() as source, RegistryServer() as target, \
+            FaultProxy((source if front == "source" else target).host) as proxy:
+        hosts = (proxy.host, target.host) if front == "source" else (source.host, proxy.host)
+        engine = Engine(hosts[0], None, hosts[1], None, retry=retry, upload_retry=upload_retry)
         try:
             yield source, target, proxy, engine
         finally:

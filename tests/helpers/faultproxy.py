@@ -1,9 +1,12 @@
 """A loopback HTTP proxy in front of a real registry that injects faults on demand.
 
 Requests are forwarded unchanged (Host header included, so the registry's upload
-Locations point back at the proxy). A test arms one fault at a time for paths that
-contain a given fragment: a status answer, a Retry-After, a stall, a flipped byte,
-a truncated or reset body, or a wrong Docker-Content-Digest.
+Locations point back at the proxy), request bodies streamed through, never held
+whole. A test arms one fault at a time for paths that contain a given fragment: a
+status answer, a Retry-After, a stall, a flipped byte, a truncated or reset body, a
+wrong Docker-Content-Digest, the registry's answer under another status or
+Content-Type, or a body relayed with ``Transfer-Encoding: chunked`` (and cut).
+Every request is recorded in ``seen``, for counting.
 """
 
 from __future__ import annotations
@@ -18,11 +21,28 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 __all__ = ["Fault", "FaultProxy"]
 
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-authorization"}
+#: bytes relayed per read, both ways
+PIECE = 64 * 1024
+#: request body bytes kept in ``seen`` (API calls are small; blob uploads only stream through)
+MAX_RECORDED_BODY = 64 * 1024
+
+
+def _drain(stream, length: int) -> None:
+    """Read and forget a request body, so that the answer is read by a client still sending."""
+    while length > 0:
+        piece = stream.read(min(PIECE, length))
+        if not piece:
+            return
+        length -= len(piece)
 
 
 @dataclass
 class Fault:
-    """``kind``: status | stall | flip | truncate | reset | digest | slow.
+    """``kind``: status | stall | flip | truncate | reset | digest | slow | answer_as | content_type | chunked.
+
+``answer_as`` forwards and answers with ``status`` instead of the registry's;
+``content_type`` forwards and replaces the answer's Content-Type with ``content_type``;
+``chunked`` relays the body in chunked encoding, cut after ``after_bytes`` when that is set.
 
     Applies to requests whose method is in ``methods`` and whose path contains
     ``path_contains``, at most ``times`` times (None: until cleared).
@@ -34,7 +54,7 @@ class Fault:
     status: int = 503
     retry_after: str | None = None
     times: int | None = None
-    #: for truncate/reset: bytes of the body sent before the fault
+    #: for truncate/reset/chunked: bytes of the body sent before the fault
     after_bytes: int = 0
     stall_seconds: float = 30.0
     #: for slow: body bytes per second
@@ -45,15 +65,16 @@ class Fault:
 
 
 class FaultProxy:
-    """``tls=(cert, key)`` serves HTTPS, for registries behind an internal CA."""
+    """``tls=(cert, key)`` serves HTTPS, for registries behind an internal CA; ``port`` 0 takes a free one."""
 
-    def __init__(self, upstream: str, tls: tuple[str, str] | None = None):
-        self.upstream_host, _, port = upstream.rpartition(":")
-        self.upstream_port = int(port)
+    def __init__(self, upstream: str, tls: tuple[str, str] | None = None, *, port: int = 0):
+        self.upstream_host, _, upstream_port = upstream.rpartition(":")
+        self.upstream_port = int(upstream_port)
         self.fault: Fault | None = None
         self.hits = 0
         self._slow_bodies = 0
-        #: every request that arrived: (method, path, headers, body), for tests that count calls
+        #: every request that arrived: (method, path, headers, body), for tests that count calls;
+        #: a body is kept up to MAX_RECORDED_BODY bytes and streamed through whole
         self.seen: list[tuple[str, str, dict[str, str], bytes]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -67,11 +88,12 @@ class FaultProxy:
 
             def _forward(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else None
+                recorded = self.rfile.read(min(length, MAX_RECORDED_BODY)) if length else b""
                 with proxy._lock:
-                    proxy.seen.append((self.command, self.path, dict(self.headers.items()), body or b""))
+                    proxy.seen.append((self.command, self.path, dict(self.headers.items()), recorded))
                 fault = proxy._take(self.command, self.path)
                 if fault and fault.kind == "status":
+                    _drain(self.rfile, length - len(recorded))
                     self.send_response(fault.status)
                     if fault.retry_after is not None:
                         self.send_header("Retry-After", fault.retry_after)
@@ -87,22 +109,39 @@ class FaultProxy:
                     return
                 upstream = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=60)
                 try:
-                    headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
-                    upstream.request(self.command, self.path, body=body, headers=headers)
+                    upstream.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+                    for key, value in self.headers.items():
+                        if key.lower() not in _HOP_BY_HOP:
+                            upstream.putheader(key, value)
+                    upstream.endheaders()
+                    if recorded:
+                        upstream.send(recorded)
+                    remaining = length - len(recorded)
+                    while remaining > 0:  # the body streams through, as large as it is
+                        piece = self.rfile.read(min(PIECE, remaining))
+                        if not piece:
+                            break
+                        upstream.send(piece)
+                        remaining -= len(piece)
                     response = upstream.getresponse()
                     self._relay(response, fault)
                 finally:
                     upstream.close()
 
             def _relay(self, response: http.client.HTTPResponse, fault: Fault | None) -> None:
-                self.send_response(response.status)
+                self.send_response(fault.status if fault and fault.kind == "answer_as" else response.status)
                 for key, value in response.getheaders():
                     if key.lower() in _HOP_BY_HOP or key.lower() == "content-length":
                         continue
                     if fault and fault.kind == "digest" and key.lower() == "docker-content-digest":
                         value = "sha256:" + "0" * 64
+                    if fault and fault.kind == "content_type" and key.lower() == "content-type":
+                        value = fault.content_type
                     self.send_header(key, value)
                 declared = response.getheader("Content-Length")
+                if fault and fault.kind == "chunked" and self.command != "HEAD":
+                    self._relay_chunked(response, fault)
+                    return
                 self.send_header("Content-Length", declared or "0")
                 self.end_headers()
                 if self.command == "HEAD" or not declared:
@@ -145,6 +184,24 @@ class FaultProxy:
                     if fault and fault.kind == "slow" and proxy._stop.wait(len(chunk) / fault.rate):
                         return
 
+            def _relay_chunked(self, response: http.client.HTTPResponse, fault: Fault) -> None:
+                """The body as HTTP/1.1 chunks; with ``after_bytes``, the connection is cut there, mid-chunk."""
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                sent = 0
+                while True:
+                    chunk = response.read(PIECE)
+                    if fault.after_bytes and sent + len(chunk) > fault.after_bytes:
+                        self.wfile.write(b"%x\r\n" % len(chunk) + chunk[: fault.after_bytes - sent])
+                        self.wfile.flush()
+                        self.close_connection = True
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                        return
+                    self.wfile.write(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+                    sent += len(chunk)
+                    if not chunk:
+                        return
+
             do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
 
         class Server(ThreadingHTTPServer):
@@ -153,7 +210,7 @@ class FaultProxy:
             def handle_error(self, request, client_address) -> None:
                 pass  # upstream gone (a killed registry): the client sees the connection close
 
-        self.server = Server(("127.0.0.1", 0), Handler)
+        self.server = Server(("127.0.0.1", port), Handler)
         if tls:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(*tls)

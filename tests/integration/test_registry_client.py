@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.client
-import http.server
 import json
 import secrets
 import socket
@@ -32,13 +31,13 @@ from tests.helpers.certs import make_ca_and_cert
 from tests.helpers.clock import FakeClock
 from tests.helpers.faultproxy import FaultProxy
 from tests.helpers.images import Image, Index, make_image, make_index, push_image
+from tests.helpers.peer import Reply, ScriptedPeer, Seen, forward
 from tests.helpers.registry import RegistryServer
 from tests.helpers.tokenserver import READER, TokenServer
 
 AUTH_MODES = ("registry_noauth", "registry_basic", "registry_token")
 #: what a check is given unless a test is about deadlines
 DEADLINE_SECONDS = 10.0
-_HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length"})
 
 
 # --- what imgrep sees -------------------------------------------------------------
@@ -111,108 +110,6 @@ def manifest_requests(registry: RegistryServer, mark: int) -> list[tuple[str, st
 
 
 # --- loopback servers for faults a real registry does not make on demand ---------------
-
-
-@dataclass(frozen=True)
-class Seen:
-    """One request a loopback server received; header names lowercased."""
-
-    method: str
-    path: str
-    headers: dict[str, str]
-
-
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    headers: tuple[tuple[str, str], ...] = ()
-    body: bytes = b""
-
-
-class LoopbackServer:
-    """An HTTP/1.1 server on 127.0.0.1 that answers every request with ``answer(seen)`` and records it."""
-
-    def __init__(self, answer: Callable[[Seen], Reply]):
-        self.answer = answer
-        self._seen: list[Seen] = []
-        self._lock = threading.Lock()
-        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._httpd.daemon_threads = True  # pooled keep-alive connections must not hold up stop()
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
-
-    @property
-    def port(self) -> int:
-        return self._httpd.server_address[1]
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def seen(self) -> list[Seen]:
-        with self._lock:
-            return list(self._seen)
-
-    def __enter__(self) -> LoopbackServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
-
-    def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True
-            timeout = 10
-
-            def _serve(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                if length:
-                    self.rfile.read(length)
-                seen = Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()})
-                with server._lock:
-                    server._seen.append(seen)
-                reply = server.answer(seen)
-                self.send_response(reply.status)
-                names = {name.lower() for name, _ in reply.headers}
-                for name, value in reply.headers:
-                    self.send_header(name, value)
-                if "content-length" not in names:
-                    self.send_header("Content-Length", str(len(reply.body)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(reply.body)
-
-            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
-
-            def log_message(self, format: str, *args: object) -> None:
-                """Quiet: tests read ``seen``."""
-
-        return Handler
-
-
-def forward(upstream: str, seen: Seen, path: str | None = None, drop: frozenset[str] = frozenset()) -> Reply:
-    """Send ``seen`` on to ``upstream`` (host:port) and return its answer, minus headers in ``drop``."""
-    headers = {k: v for k, v in seen.headers.items() if k not in _HOP_BY_HOP and k != "host"}
-    connection = http.client.HTTPConnection(upstream, timeout=10)
-    try:
-        connection.request(seen.method, path or seen.path, headers=headers)
-        response = connection.getresponse()
-        body = response.read()
-        kept = [(k, v) for k, v in response.getheaders() if k.lower() not in drop and k.lower() not in _HOP_BY_HOP]
-        # a HEAD answer announces the length of the body it does not send
-        length = response.getheader("Content-Length") if seen.method == "HEAD" else str(len(body))
-        if length is not None:
-            kept.append(("Content-Length", length))
-        return Reply(response.status, tuple(kept), body)
-    finally:
-        connection.close()
 
 
 class StalledServer:
@@ -443,7 +340,7 @@ def test_registry_without_docker_content_digest_is_read_and_hashed(registry_noau
     image = make_index(media="oci", seed="client-no-digest-header")
     repository = pushed(registry_noauth, image)
     strip = frozenset({"docker-content-digest"})
-    with LoopbackServer(lambda seen: forward(registry_noauth.host, seen, drop=strip)) as proxy:
+    with ScriptedPeer(lambda seen: forward(registry_noauth.host, seen, drop=strip)) as proxy:
         info = connect(proxy.host).resolve(proxy.host, repository, "v1")
 
         assert info.digest == image.digest
@@ -480,13 +377,13 @@ def test_redirect_never_carries_authorization_to_another_origin(registry_noauth,
     image = make_image(seed="client-redirect")
     repository = pushed(registry_noauth, image)
     credentials = ("robot", f"pw-{secrets.token_hex(6)}")
-    with LoopbackServer(lambda seen: forward(registry_noauth.host, seen, path=seen.path[len(CDN_PREFIX):])) as cdn:
+    with ScriptedPeer(lambda seen: forward(registry_noauth.host, seen, path=seen.path[len(CDN_PREFIX):])) as cdn:
         origins = {
             "127.0.0.1-other-port": lambda: f"http://127.0.0.1:{cdn.port}",
             "localhost-same-port": lambda: f"http://localhost:{front.port}",
             "localhost-other-port": lambda: f"http://localhost:{cdn.port}",
         }
-        with LoopbackServer(_front_registry(registry_noauth.host, credentials, origins[target])) as front:
+        with ScriptedPeer(_front_registry(registry_noauth.host, credentials, origins[target])) as front:
             under_test = connect(front.host, environ=credentials_env(front.host, credentials))
             repo = Repo(front.host, repository)
             deadline = time.monotonic() + DEADLINE_SECONDS
@@ -519,7 +416,7 @@ def test_429_with_retry_after_is_waited_out_within_the_budget(registry_noauth, c
             return Reply(429, (("Retry-After", "1"),), b'{"errors":[{"code":"TOOMANYREQUESTS","message":"slow"}]}')
         return forward(registry_noauth.host, seen)
 
-    with LoopbackServer(answer) as proxy:
+    with ScriptedPeer(answer) as proxy:
         mark = registry_noauth.mark()
         started = time.monotonic()
         info = connect(proxy.host).resolve(proxy.host, repository, "v1")
@@ -533,7 +430,7 @@ def test_429_with_retry_after_is_waited_out_within_the_budget(registry_noauth, c
 
 def test_503_every_time_is_registry_unavailable_within_the_deadline(connect) -> None:
     body = b'{"errors":[{"code":"UNAVAILABLE","message":"maintenance"}]}'
-    with LoopbackServer(lambda seen: Reply(503, (("Content-Type", "application/json"),), body)) as broken:
+    with ScriptedPeer(lambda seen: Reply(503, (("Content-Type", "application/json"),), body)) as broken:
         deadline_seconds = 3.0
         started = time.monotonic()
         with pytest.raises(RegistryUnavailable) as caught:
@@ -574,3 +471,4 @@ def test_registry_behind_an_internal_ca_is_trusted_only_with_registry_ca_file(re
             trusting.close()
             untrusting.close()
     assert found.digest.startswith("sha256:")
+
