@@ -5,7 +5,8 @@ normalisation is its ``normalize.go`` (``ParseNormalizedNamed``), so that an
 image the kubelet would pull is accepted here and one it would reject is not.
 Deliberate differences: the registry host is lowercased and every Docker Hub
 alias becomes ``docker.io``, so one registry has one name in caches, metrics
-and credentials lookups; the name length is measured on that canonical form.
+and credentials lookups; the name length is measured on that canonical form;
+a digest must use an algorithm imgrep can verify (sha256, sha384, sha512).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import functools
 import re
 from dataclasses import dataclass
 
+from imgrep.digest import digest_problem
 from imgrep.errors import InvalidReference
 
 __all__ = ["DOCKER_HUB", "DOCKER_HUB_API", "Reference", "parse_reference"]
@@ -45,15 +47,8 @@ _HOST_RE = re.compile(
 )
 # tag: [\w][\w.-]{0,127}
 _TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-# digestPat: algorithm ":" at least 32 hex digits
-_DIGEST_RE = re.compile(
-    r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
-)
 # anchoredIdentifierRegexp: a bare image id, which normalize.go refuses as a name
 _IMAGE_ID_RE = re.compile(r"[a-f0-9]{64}")
-#: go-digest's registered algorithms and their exact lowercase-hex lengths
-_DIGEST_HEX_LENGTHS = {"sha256": 64, "sha384": 96, "sha512": 128}
-_LOWER_HEX_RE = re.compile(r"[a-f0-9]+")
 
 
 @dataclass(frozen=True)
@@ -167,13 +162,9 @@ def _check_tag(text: str, tag: str) -> None:
 
 
 def _check_digest(text: str, digest: str) -> None:
-    """Known algorithms need their exact length (go-digest); others only the grammar."""
-    algorithm, _, encoded = digest.partition(":")
-    length = _DIGEST_HEX_LENGTHS.get(algorithm)
-    if length is not None:
-        if len(encoded) != length or not _LOWER_HEX_RE.fullmatch(encoded):
-            raise InvalidReference(
-                text, f"{algorithm} digest must be {length} lowercase hex digits"
-            )
-    elif not _DIGEST_RE.fullmatch(digest):
-        raise InvalidReference(text, "invalid digest")
+    """The digest grammar of ``digest.py``: go-digest's registered algorithms at their exact
+    lengths. distribution's grammar also admits other algorithm names, which no
+    registry or runtime can verify; a pin imgrep cannot check is refused, not trusted."""
+    problem = digest_problem(digest)
+    if problem is not None:
+        raise InvalidReference(text, problem)

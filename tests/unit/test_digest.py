@@ -6,8 +6,9 @@ import hashlib
 
 import pytest
 
-from imgrep.digest import Verifier, compute, is_digest
-from imgrep.errors import DigestMismatch
+from imgrep.digest import Verifier, compute, digest_problem, is_digest, matches
+from imgrep.reference import parse_reference
+from imgrep.errors import DigestMismatch, ImgrepError
 
 BLOB = b"layer bytes " * 1000
 DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
@@ -21,7 +22,10 @@ DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
         ("sha256:" + "A" * 64, False),
         ("sha256:" + "a" * 63, False),
         ("sha256:" + "a" * 65, False),
-        ("sha384:" + "a" * 96, False),
+        ("sha384:" + "a" * 96, True),
+        ("sha384:" + "a" * 64, False),
+        ("sha512:" + "a" * 96, False),
+        ("blake3:" + "a" * 64, False),
         ("md5:" + "a" * 32, False),
         ("", False),
         (None, False),
@@ -34,6 +38,27 @@ def test_is_digest(value, ok):
 def test_compute():
     assert compute(BLOB) == DIGEST
     assert compute(b"", "sha512") == "sha512:" + hashlib.sha512(b"").hexdigest()
+
+
+@pytest.mark.parametrize("algorithm", ["sha256", "sha384", "sha512"])
+def test_every_algorithm_a_reference_may_pin_is_verified(algorithm):
+    digest = compute(BLOB, algorithm)
+    assert parse_reference("registry.example/app@" + digest).digest == digest
+    assert matches(BLOB, digest) and not matches(BLOB + b"x", digest)
+    verify(digest, len(BLOB), [BLOB[:7], BLOB[7:]])
+    with pytest.raises(DigestMismatch):
+        verify(digest, len(BLOB), [BLOB[:-1] + b"?"])
+
+
+@pytest.mark.parametrize("value", ["sha256:" + "a" * 64, "sha384:" + "b" * 96, "sha512:" + "c" * 128,
+                                   "sha256:abc", "md5:" + "a" * 32, "latest", "", "sha256:" + "A" * 64])
+def test_one_grammar_for_digests_and_pins(value):
+    """What a reference may pin is exactly what a digest is, nothing more, nothing less."""
+    try:
+        pinned = parse_reference("registry.example/app@" + value).digest == value
+    except ImgrepError:
+        pinned = False
+    assert pinned is is_digest(value) is (digest_problem(value) is None)
 
 
 def verify(expected: str, size: int | None, chunks: list[bytes]) -> None:
