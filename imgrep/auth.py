@@ -1,8 +1,14 @@
-"""Registry authentication: the 401 challenge → token exchange, as pure functions.
+"""Registry authentication: the 401 challenge → token dance as a pure flow.
 
 Follows the Docker registry token specification (``GET realm?service=&scope=``) and its
 OAuth2 variant (``POST realm`` with ``grant_type=refresh_token``) used for docker config
-``identitytoken``. The transport performs the requests these functions describe.
+``identitytoken``. :func:`auth_flow` is a generator in the manner of httpx's auth flows:
+it yields the requests to send and is sent what they answered, so every turn of the
+dance is a unit test without a socket. The registry client drives it over the transport.
+
+Where credentials go: to the registry's own origin, and to the token realm that the
+registry's own challenge names. A 401 answered by a host the registry redirected to is
+never taken for the registry's challenge: that host could name any realm.
 """
 
 from __future__ import annotations
@@ -11,20 +17,28 @@ import base64
 import json
 import threading
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Generator
 from urllib.parse import urlencode, urlsplit
 
 from .credentials import Credential
-from .errors import RegistryProtocolError
-from .protocol import Challenge
+from .errors import RegistryProtocolError, RegistryUnavailable, Unauthorized
+from .protocol import (Answer, Challenge, Request, error_summary, parse_challenges, preferred_challenge, redact_url,
+                       same_origin)
+from .retry import RETRYABLE_STATUS
 
 __all__ = [
     "TokenRequest",
     "Token",
     "TokenCache",
+    "ChallengeCache",
+    "TokenFetch",
+    "Asker",
+    "auth_flow",
+    "prefetch_flow",
     "basic_header",
     "token_request",
     "parse_token_response",
+    "token_from_answer",
     "pull_scope",
     "push_scope",
 ]
@@ -52,12 +66,8 @@ def basic_header(username: str, password: str) -> str:
     return "Basic " + base64.b64encode(raw).decode("ascii")
 
 
-@dataclass(frozen=True)
-class TokenRequest:
-    method: str
-    url: str
-    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
-    body: bytes | None = field(default=None, repr=False)
+#: a token server's request is a plain request
+TokenRequest = Request
 
 
 def token_request(challenge: Challenge, scopes: tuple[str, ...], credential: Credential | None) -> TokenRequest:
@@ -71,7 +81,7 @@ def token_request(challenge: Challenge, scopes: tuple[str, ...], credential: Cre
         if challenge.service:
             form.append(("service", challenge.service))
         form.append(("scope", " ".join(scopes)))
-        return TokenRequest(
+        return Request(
             "POST",
             realm,
             {"Content-Type": "application/x-www-form-urlencoded"},
@@ -85,7 +95,7 @@ def token_request(challenge: Challenge, scopes: tuple[str, ...], credential: Cre
     if credential and credential.password:
         headers["Authorization"] = basic_header(credential.username, credential.password)
     separator = "&" if "?" in realm else "?"
-    return TokenRequest("GET", realm + (separator + urlencode(query) if query else ""), headers)
+    return Request("GET", realm + (separator + urlencode(query) if query else ""), headers)
 
 
 @dataclass(frozen=True)
@@ -135,3 +145,142 @@ class TokenCache:
                 while len(self._tokens) >= self._max:
                     self._tokens.pop(next(iter(self._tokens)))
             self._tokens[(registry, scopes)] = token
+
+
+def token_from_answer(answer: Answer, now: float, *, registry: str, repository: str,
+                      credential: Credential | None) -> Token:
+    """The token a token server's answer holds, or the error its status means."""
+    where = dict(repository=repository, status=answer.status)
+    if answer.status == 200:
+        return parse_token_response(answer.body, now, registry)
+    if answer.status in (401, 403):
+        if credential is None or not credential.secrets:
+            raise Unauthorized(registry, "registry requires credentials and none are configured "
+                                         "(anonymous token refused)", **where)
+        raise Unauthorized(registry, "token server refused the credentials", **where)
+    if answer.status in RETRYABLE_STATUS:
+        raise RegistryUnavailable(registry, "token server unavailable", **where)
+    raise RegistryProtocolError(registry, f"token server answered {error_summary(answer.body) or 'unexpectedly'}",
+                                **where)
+
+
+class ChallengeCache:
+    """The challenge each registry gave last, so the next request is authorised at once
+    (one round trip, not 401 → token → retry). Bounded: image references name any host."""
+
+    def __init__(self, max_entries: int = 4096):
+        self._challenges: dict[str, Challenge] = {}
+        self._max = max_entries
+        self._lock = threading.Lock()
+
+    def get(self, registry: str) -> Challenge | None:
+        with self._lock:
+            return self._challenges.get(registry)
+
+    def put(self, registry: str, challenge: Challenge) -> None:
+        with self._lock:
+            if len(self._challenges) >= self._max and registry not in self._challenges:
+                self._challenges.clear()  # a cache: the next request per registry learns again
+            self._challenges[registry] = challenge
+
+
+@dataclass(frozen=True)
+class TokenFetch:
+    """A token request for ``key`` (registry, scopes). The driver sends it while it holds
+    ``key``'s lock and sends back the answer; or, when the cache already holds a token for
+    ``key`` other than ``rejected`` (another request fetched it meanwhile), that Token."""
+
+    request: Request
+    key: tuple[str, tuple[str, ...]]
+    rejected: str | None = field(default=None, repr=False)
+
+
+#: what the flow yields, and what it is sent back for each
+Step = Request | TokenFetch
+Flow = Generator[Step, "Answer | Token", Answer]
+
+
+@dataclass(frozen=True)
+class Asker:
+    """Who asks, for what, with which secret and token cache: what a flow is given."""
+
+    registry: str
+    repository: str
+    scopes: tuple[str, ...]
+    credential: Credential | None = field(repr=False)
+    tokens: TokenCache
+    clock: Callable[[], float]
+    #: a token realm may be plain HTTP (the registry is in INSECURE_REGISTRIES)
+    http_realm_allowed: bool = False
+
+
+def auth_flow(request: Request, asker: Asker, challenges: ChallengeCache) -> Flow:
+    """Send ``request`` to its registry, authorised: yields Requests (sent the Answer, body
+    unread) and TokenFetches (sent an Answer with its body, or a cached Token); returns the
+    final Answer, whose status the caller judges.
+
+    ``request`` must be for the registry's own origin. One 401 is answered: with the
+    challenge it carries when the scheme was not known or the token has gone stale, never
+    when the credentials were just obtained (they are simply refused) or the body was
+    streamed (it cannot be sent again; the caller retries the whole).
+    """
+    registry = asker.registry
+    where = dict(repository=asker.repository, status=401)
+    known = challenges.get(registry)
+    header, used, fresh = None, None, False
+    if known is not None:
+        header, used, fresh = yield from _authorization(asker, known, refresh=False, rejected=None)
+    answer = yield request.with_header("Authorization", header)
+    if answer.status != 401:
+        return answer
+    if answer.url and not same_origin(answer.url, request.url):
+        redirected_to = urlsplit(redact_url(answer.url)).netloc
+        raise Unauthorized(registry, f"{redirected_to}, where the registry redirected, refused access (its "
+                                     "challenge is not the registry's and is not answered)", **where)
+    if fresh or not request.replayable:
+        return answer
+    challenge = preferred_challenge(parse_challenges(answer.header_values("WWW-Authenticate")))
+    if challenge is None:
+        raise Unauthorized(registry, "registry asks for an authentication scheme imgrep does not speak", **where)
+    challenges.put(registry, challenge)
+    header, _, _ = yield from _authorization(asker, challenge, refresh=True, rejected=used)
+    if header is None:
+        raise Unauthorized(registry, "registry requires credentials and none are configured", **where)
+    return (yield request.with_header("Authorization", header))
+
+
+def prefetch_flow(asker: Asker, challenges: ChallengeCache) -> Generator[Step, "Answer | Token", None]:
+    """The token ``asker.scopes`` need, obtained ahead of the requests that need it (a copy gets
+    its upload rights while it reads the source). Yields at most one TokenFetch; nothing at
+    all until a request has learnt the registry's challenge, or when that is not Bearer."""
+    known = challenges.get(asker.registry)
+    if known is not None and known.scheme == "bearer":
+        yield from _authorization(asker, known, refresh=False, rejected=None)
+
+
+def _authorization(asker: Asker, challenge: Challenge, *, refresh: bool, rejected: str | None,
+                   ) -> Generator[Step, "Answer | Token", tuple[str | None, str | None, bool]]:
+    """(Authorization value or None, the token it carries, whether it was just obtained)."""
+    credential = asker.credential
+    if credential and credential.registry_token:
+        return f"Bearer {credential.registry_token}", None, refresh
+    if challenge.scheme == "basic":
+        if credential and credential.password:
+            return basic_header(credential.username, credential.password), None, refresh
+        return None, None, refresh
+    if challenge.scheme != "bearer":
+        return None, None, False
+    token = None if refresh else asker.tokens.get(asker.registry, asker.scopes, asker.clock())
+    if token is not None:
+        return f"Bearer {token.value}", token.value, False
+    request = token_request(challenge, asker.scopes, credential)
+    if urlsplit(request.url).scheme != "https" and not asker.http_realm_allowed:
+        # the token request carries the password: it must not cross the network in clear text
+        raise RegistryProtocolError(asker.registry, "token realm must use HTTPS unless the registry is in "
+                                                    "INSECURE_REGISTRIES", repository=asker.repository)
+    reply = yield TokenFetch(request, (asker.registry, asker.scopes), rejected)
+    if not isinstance(reply, Token):
+        reply = token_from_answer(reply, asker.clock(), registry=asker.registry, repository=asker.repository,
+                                  credential=credential)
+        asker.tokens.put(asker.registry, asker.scopes, reply, asker.clock())
+    return f"Bearer {reply.value}", reply.value, True

@@ -107,7 +107,7 @@ def build_runtime(config: Config) -> Runtime:
         raise ConfigError("REGISTRY_CA_FILE", f"not a PEM certificate bundle ({exc.reason})") from None
     credentials = credential_lookup(config.credentials, config.cloud, transport, ca_file=config.registry_ca_file,
                                     observe=_provider_recorder(logger))
-    client = RegistryClient(transport, credentials)
+    client = RegistryClient(transport, credentials, retry=config.request_retry)
     allowed = config.allowed_registries
     if allowed and config.mutate == MUTATE_TARGET:  # mutated Pods name the target: validation must not refuse it
         allowed = allowed | {config.target.host}
@@ -116,7 +116,7 @@ def build_runtime(config: Config) -> Runtime:
     # COPY_CONCURRENCY streams per source registry, and room for a second source beside a crawling one
     blob_pool = Bulkhead(2 * config.copy_concurrency, config.copy_concurrency, name="imgrep-blob")
     lookup_pool = Bulkhead(2 * LOOKUP_CONCURRENCY, LOOKUP_CONCURRENCY, name="imgrep-lookup")
-    copier = Copier(client, blob_pool, lookups=lookup_pool,
+    copier = Copier(client, blob_pool, retry=config.upload_retry, lookups=lookup_pool,
                     on_blob=lambda result, size: telemetry.blobs.labels(result=result).inc())
     replicator = None
     if config.target:

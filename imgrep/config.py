@@ -17,6 +17,7 @@ from . import cloud
 from .cloud import AwsSettings, AzureSettings, CloudSettings, EcrRepositorySettings, GcpSettings
 from .credentials import CredentialStore, normalise_registry
 from .errors import ConfigError
+from .retry import REQUEST_RETRY, UPLOAD_RETRY, RetryPolicy
 
 __all__ = ["Config", "TargetRegistry", "load_config", "DEFAULT_EXCLUDED_NAMESPACES", "MUTATE_OFF", "MUTATE_TARGET",
            "MUTATE_PIN"]
@@ -77,6 +78,10 @@ class Config:
     mutate: str = MUTATE_OFF
     #: cloud credential providers (README "Cloud registries")
     cloud: CloudSettings = field(default_factory=CloudSettings)
+    #: one registry request, retried on 429/5xx/network faults when idempotent (README "Retries")
+    request_retry: RetryPolicy = REQUEST_RETRY
+    #: one whole blob upload (HEAD, POST, PATCH, PUT), retried on temporary failures
+    upload_retry: RetryPolicy = UPLOAD_RETRY
 
     def summary(self) -> dict[str, object]:
         """Effective configuration for the start-up log: no secrets, only where they came from."""

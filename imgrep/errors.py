@@ -120,7 +120,8 @@ class UnsupportedManifest(RegistryError):
 
 
 class ForbiddenRegistry(RegistryError):
-    """A registry imgrep refuses to contact (allow-list, link-local or metadata address)."""
+    """A registry imgrep refuses to contact (allow-list, link-local or metadata address),
+    or a redirect it refuses to follow (HTTPS to plain HTTP)."""
 
     reason = "registry not allowed"
 

@@ -1,8 +1,11 @@
 """A registry v2 client: protocol decisions over the transport.
 
-Auth follows the challenge the registry gave last time, so a cold check of a new
-repository costs one token request (per scope and token lifetime) and one manifest
-request, instead of the naive 401 → token → retry three.
+The client is a thin loop: :func:`~imgrep.auth.auth_flow` decides what to send and
+how to authorise it, :func:`~imgrep.protocol.status_error` what an answer means,
+``self.retry`` whether to try again; this module only carries requests between them
+and the transport. Auth follows the challenge the registry gave last time, so a cold
+check of a new repository costs one token request (per scope and token lifetime)
+and one manifest request, instead of the naive 401 → token → retry three.
 """
 
 from __future__ import annotations
@@ -14,40 +17,35 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 from urllib.parse import urlencode, urljoin
 
-from .auth import Token, TokenCache, basic_header, parse_token_response, pull_scope, push_scope, token_request
-from .credentials import Credential, CredentialLookup
+from .auth import (MAX_TOKEN_RESPONSE, Asker, ChallengeCache, Flow, Token, TokenCache, TokenFetch, auth_flow, prefetch_flow,
+                   pull_scope, push_scope)
+from .credentials import CredentialLookup
 from .digest import compute, is_digest
-from .errors import (
-    DigestMismatch,
-    ManifestNotFound,
-    RegistryError,
-    RegistryProtocolError,
-    RegistryUnavailable,
-    Unauthorized,
-)
+from .errors import DigestMismatch, ManifestNotFound, RegistryError, RegistryProtocolError, RegistryUnavailable
 from .protocol import (
     MANIFEST_ACCEPT,
-    OCI_INDEX,
-    blob_path,
     MAX_ERROR_BODY,
     MAX_MANIFEST_BYTES,
-    Challenge,
-    error_summary,
+    OCI_INDEX,
+    Answer,
+    Request,
+    blob_path,
     manifest_path,
-    parse_challenge,
     parse_retry_after,
+    same_origin,
+    status_error,
 )
-from .retry import RETRYABLE_STATUS, RetryPolicy
+from .retry import REQUEST_RETRY, RETRYABLE_STATUS, RetryPolicy
 from .transport import Response, Transport
 
 __all__ = ["RegistryClient", "ManifestInfo", "Manifest", "Repo"]
 
-#: Token server answers are read no further than this.
-MAX_TOKEN_BYTES = 1024 * 1024
 #: registries whose auth scheme is remembered; image references can name any number
 MAX_REMEMBERED_REGISTRIES = 4096
 #: locks that serialise token requests per scope (scopes share them by hash)
 TOKEN_LOCK_STRIPES = 64
+#: "this server does not do that": answers after which another way is tried, not a retry
+NOT_IMPLEMENTED = frozenset({405, 501})
 
 
 @dataclass(frozen=True)
@@ -71,9 +69,6 @@ class Manifest:
     body: bytes
 
 
-_NO_AUTH = Challenge("none")
-
-
 class RegistryClient:
     def __init__(
         self,
@@ -81,7 +76,7 @@ class RegistryClient:
         credentials: CredentialLookup,
         *,
         tokens: TokenCache | None = None,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy = REQUEST_RETRY,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
@@ -89,25 +84,24 @@ class RegistryClient:
         self.transport = transport
         self.credentials = credentials
         self.tokens = tokens or TokenCache()
+        self.challenges = ChallengeCache(MAX_REMEMBERED_REGISTRIES)
         self.retry = retry
         self.clock = clock
         self.wall_clock = wall_clock
         self.sleep = sleep
-        self._challenges: dict[str, Challenge] = {}
         # striped: one lock per scope would grow with every repository ever named
         self._token_locks = tuple(threading.Lock() for _ in range(TOKEN_LOCK_STRIPES))
-        self._lock = threading.Lock()
 
     # -- operations ---------------------------------------------------------
 
     def resolve(self, repo: Repo, identifier: str, deadline: float) -> ManifestInfo:
         """The digest a tag or digest names (HEAD; GET and hash when the registry omits it
-        or does not allow HEAD)."""
+        or does not do HEAD: 405 or 501)."""
         try:
             response = self._call(repo, "HEAD", manifest_path(repo.repository, identifier), deadline,
                                   headers={"Accept": MANIFEST_ACCEPT})
         except RegistryProtocolError as exc:
-            if exc.status != 405:
+            if exc.status not in NOT_IMPLEMENTED:
                 raise
             return self.get_manifest(repo, identifier, deadline).info
         with response:
@@ -140,9 +134,15 @@ class RegistryClient:
         return Manifest(ManifestInfo(actual, media_type, len(body)), body)
 
     def blob_exists(self, repo: Repo, digest: str, deadline: float, scopes: tuple[str, ...] | None = None) -> bool:
+        """HEAD the blob; a registry that cannot HEAD blobs (405/501) is treated as not having it,
+        so the upload (or mount) that follows decides."""
         try:
             self._call(repo, "HEAD", blob_path(repo.repository, digest), deadline, scopes=scopes).close()
         except ManifestNotFound:
+            return False
+        except RegistryProtocolError as exc:
+            if exc.status not in NOT_IMPLEMENTED:
+                raise
             return False
         return True
 
@@ -169,21 +169,33 @@ class RegistryClient:
 
     def upload_chunk(self, repo: Repo, location: str, chunk: Iterable[bytes], start: int, length: int,
                      deadline: float) -> str:
-        """PATCH ``length`` streamed bytes at ``start``; returns the next upload URL."""
+        """PATCH ``length`` streamed bytes at ``start``; returns the next upload URL.
+
+        202 is the spec's answer; ECR answers 201, which is taken the same way (without a
+        Location the session goes on where it was). A refusal (405/501) raises
+        RegistryProtocolError with that status: the caller falls back to one PUT.
+        """
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(length)}
         if length:
             headers["Content-Range"] = f"{start}-{start + length - 1}"
         response = self._call(repo, "PATCH", location, deadline, headers=headers, body=chunk,
-                              scopes=(push_scope(repo.repository),), ok=(202,), retry=False)
+                              scopes=(push_scope(repo.repository),), ok=(202, 201), retry=False)
         response.read_capped(MAX_ERROR_BODY)
-        return self._location(repo, response)
+        return self._location(repo, response, default=location if response.status == 201 else None)
 
-    def commit_upload(self, repo: Repo, location: str, digest: str, deadline: float, body: bytes = b"") -> None:
-        """Close an upload with its digest: the registry checks the content against it too."""
+    def commit_upload(self, repo: Repo, location: str, digest: str, deadline: float,
+                      body: bytes | Iterable[bytes] = b"", length: int | None = None) -> None:
+        """Close an upload with its digest: the registry checks the content against it too.
+
+        ``body`` may be streamed (``length`` bytes): a monolithic upload for registries that
+        refuse PATCH. A step of an upload, so never retried alone: the caller retries the whole.
+        """
         separator = "&" if "?" in location else "?"
-        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(len(body))}
+        size = len(body) if isinstance(body, (bytes, bytearray)) else length
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
         self._call(repo, "PUT", f"{location}{separator}{urlencode({'digest': digest})}", deadline, headers=headers,
-                   body=body, scopes=(push_scope(repo.repository),), ok=(201, 204)).read_capped(MAX_ERROR_BODY)
+                   body=body, scopes=(push_scope(repo.repository),), ok=(201, 204),
+                   retry=False).read_capped(MAX_ERROR_BODY)
 
     def cancel_upload(self, repo: Repo, location: str, deadline: float) -> None:
         """Best effort: a registry also expires abandoned uploads on its own."""
@@ -213,13 +225,13 @@ class RegistryClient:
         """Get the token ``scopes`` need before the requests that need it, so a copy can obtain
         upload rights while it reads the source. Nothing happens until a request has learnt the
         registry's challenge, nor for registries that do not use tokens."""
-        challenge = self._challenges.get(repo.registry)
-        if challenge is not None and challenge.scheme == "bearer":
-            self._authorization(repo, challenge, scopes, self.credentials.lookup(repo.registry), deadline)
+        self._drive(prefetch_flow(self._asker(repo, scopes, deadline), self.challenges), deadline)
 
-    def _location(self, repo: Repo, response: Response) -> str:
+    def _location(self, repo: Repo, response: Response, default: str | None = None) -> str:
         location = response.header("Location")
         if not location:
+            if default:
+                return default
             raise RegistryProtocolError(repo.registry, "upload answer has no Location", repository=repo.repository)
         return urljoin(self.transport.base_url(repo.registry) + "/", location)
 
@@ -238,139 +250,95 @@ class RegistryClient:
         ok: Iterable[int] = (200,),
         retry: bool = True,
     ) -> Response:
-        """One authenticated request with retries for 429/5xx/network faults within ``deadline``.
+        """One request within ``deadline``: authorised when it goes to the registry's own origin,
+        the final status mapped to the typed errors admission speaks of.
 
-        ``target`` is a path on the registry or an absolute URL (an upload Location);
-        credentials go only to the registry's own origin. A streamed body cannot be
-        replayed, so such requests pass ``retry=False`` and the caller retries the whole.
-        Maps the final status to the typed errors admission speaks of.
+        ``target`` is a path on the registry or an absolute URL (an upload Location); which
+        origin it is on is decided by comparing normalised origins, so ``host:443`` and
+        ``https://host/...`` are one. 429/5xx/network faults are retried by ``self.retry``
+        when it allows the method (idempotent ones) and the caller allows it (``retry=False``
+        for the steps of an upload, which the copier retries as a whole).
         """
-        scopes = scopes or (pull_scope(repo.repository),)
         base = self.transport.base_url(repo.registry)
         url = target if target.startswith(("http://", "https://")) else base + target
-        own = url == base or url.startswith(base + "/")
+        request = Request(method, url, dict(headers or {}), body)
+        scopes = scopes or (pull_scope(repo.repository),)
+        own = same_origin(url, base)
+        retrying = retry and self.retry.allows(method)
         attempt = 0
         while True:
             attempt += 1
             retry_after = None
             try:
-                if own:
-                    response = self._authorized(repo, scopes, method, url, dict(headers or {}), body, deadline)
-                else:
-                    response = self._send(method, url, dict(headers or {}), body, deadline)
+                response = self._exchange(repo, scopes, request, deadline) if own else self._send(request, deadline)
             except RegistryUnavailable as exc:
                 failure: RegistryError = exc
             else:
                 if response.status in ok:
                     return response
-                failure = self._failure(repo, method, response)
                 if response.status == 429:
                     retry_after = parse_retry_after(response.header("Retry-After"), self.wall_clock())
+                failure = self._failure(repo, method, response)
                 if response.status not in RETRYABLE_STATUS:
                     raise failure
-            wait = self.retry.delay(attempt, retry_after, random.random()) if retry else None
+            wait = self.retry.delay(attempt, retry_after, random.random()) if retrying else None
             if wait is None or not self.retry.fits(wait, self.clock(), deadline):
                 raise failure
             self.sleep(wait)
 
-    def _failure(self, repo: Repo, method: str, response: Response) -> RegistryError:
-        status = response.status
-        detail = "" if method == "HEAD" else error_summary(response.read_capped(MAX_ERROR_BODY))
+    @staticmethod
+    def _failure(repo: Repo, method: str, response: Response) -> RegistryError:
+        body = b"" if method == "HEAD" else response.read_capped(MAX_ERROR_BODY)
         response.close()
-        where = dict(repository=repo.repository, status=status)
-        if status == 404:
-            return ManifestNotFound(repo.registry, detail or "manifest unknown", **where)
-        if status in (401, 403):
-            return Unauthorized(repo.registry, detail or "access denied with the configured credentials", **where)
-        if status == 429:
-            return RegistryUnavailable(repo.registry, detail or "rate limited (429)", **where)
-        if status >= 500:
-            return RegistryUnavailable(repo.registry, detail or "server error", **where)
-        return RegistryProtocolError(repo.registry, detail or f"unexpected answer to {method}", **where)
+        return status_error(response.status, method, body, registry=repo.registry, repository=repo.repository)
 
-    def _authorized(self, repo, scopes, method, url, headers, body, deadline) -> Response:
+    def _exchange(self, repo: Repo, scopes: tuple[str, ...], request: Request, deadline: float) -> Response:
+        """``request`` authorised by the auth flow; the registry's last answer, body unread."""
+        return self._drive(auth_flow(request, self._asker(repo, scopes, deadline), self.challenges), deadline)
+
+    def _asker(self, repo: Repo, scopes: tuple[str, ...], deadline: float) -> Asker:
+        """What the flows are given: the credential for what the request is for (a cloud provider
+        may prepare a push target), the token cache and the clock."""
         credential = self.credentials.lookup(repo.registry, repository=repo.repository,
                                              push=push_scope(repo.repository) in scopes, deadline=deadline)
-        challenge = self._challenges.get(repo.registry)
-        fresh = False
-        if challenge is not None:
-            authorization, fresh = self._authorization(repo, challenge, scopes, credential, deadline)
-            if authorization:
-                headers["Authorization"] = authorization
-        response = self._send(method, url, headers, body, deadline)
-        replayable = body is None or isinstance(body, bytes)
-        if response.status != 401 or fresh or not replayable:
-            return response
-        header = response.header("WWW-Authenticate")
-        response.read_capped(MAX_ERROR_BODY)
-        challenge = parse_challenge(header)
-        if challenge is None or challenge.scheme not in ("bearer", "basic"):
-            raise Unauthorized(repo.registry, "registry asks for an authentication scheme imgrep does not speak",
-                               repository=repo.repository, status=401)
-        with self._lock:
-            if len(self._challenges) >= MAX_REMEMBERED_REGISTRIES:
-                self._challenges.clear()  # a cache: the next request per registry learns again
-            self._challenges[repo.registry] = challenge
-        authorization, _ = self._authorization(repo, challenge, scopes, credential, deadline, refresh=True)
-        if not authorization:
-            raise Unauthorized(repo.registry, "registry requires credentials and none are configured",
-                               repository=repo.repository, status=401)
-        headers["Authorization"] = authorization
-        return self._send(method, url, headers, body, deadline)
+        return Asker(repo.registry, repo.repository, scopes, credential, self.tokens, self.clock,
+                     http_realm_allowed=repo.registry in self.transport.insecure)
 
-    def _authorization(
-        self,
-        repo: Repo,
-        challenge: Challenge,
-        scopes: tuple[str, ...],
-        credential: Credential | None,
-        deadline: float,
-        refresh: bool = False,
-    ) -> tuple[str | None, bool]:
-        """The Authorization value for a request and whether it was just obtained."""
-        if credential and credential.registry_token:
-            return f"Bearer {credential.registry_token}", refresh
-        if challenge.scheme == "basic":
-            if credential and credential.password:
-                return basic_header(credential.username, credential.password), refresh
-            return None, refresh
-        if challenge.scheme != "bearer":
-            return None, False
-        registry = repo.registry
-        key = (registry, scopes)
-        # one token request per scope, however many checks wait for it
-        with self._token_locks[hash(key) % TOKEN_LOCK_STRIPES]:
-            token = None if refresh else self.tokens.get(registry, scopes, self.clock())
-            if token is None:
-                token = self._fetch_token(repo, challenge, scopes, credential, deadline)
-                self.tokens.put(registry, scopes, token, self.clock())
-                return f"Bearer {token.value}", True
-        return f"Bearer {token.value}", False
+    def _drive(self, flow: Flow, deadline: float) -> Response | None:
+        """Carry a flow's requests to the transport and their answers back; the last answer."""
+        live: Response | None = None
+        try:
+            step = next(flow)
+            while True:
+                if live is not None:  # refused: drained, so that its connection is reused
+                    live.read_capped(MAX_ERROR_BODY)
+                    live = None
+                if isinstance(step, TokenFetch):
+                    # one token request per scope, however many requests wait for it; the flow
+                    # caches the new token before the lock is let go
+                    with self._token_locks[hash(step.key) % TOKEN_LOCK_STRIPES]:
+                        step = flow.send(self._token(step, deadline))
+                else:
+                    live = self._send(step, deadline)
+                    step = flow.send(Answer(live.status, tuple(live.headers.items()), live.url))
+        except StopIteration:
+            return live
+        except BaseException:
+            if live is not None:
+                live.close()
+            raise
 
-    def _fetch_token(self, repo: Repo, challenge, scopes, credential, deadline) -> Token:
-        registry = repo.registry
-        where = dict(repository=repo.repository)
-        request = token_request(challenge, scopes, credential)
-        if not request.url.startswith("https://") and registry not in self.transport.insecure:
-            # credentials would cross the network in clear text
-            raise RegistryProtocolError(registry, "token realm must use HTTPS unless the registry is in "
-                                                  "INSECURE_REGISTRIES", **where)
-        response = self._send(request.method, request.url, dict(request.headers), request.body, deadline)
-        body = response.read_capped(MAX_TOKEN_BYTES)
-        where["status"] = response.status
-        if response.status == 200:
-            return parse_token_response(body, self.clock(), registry)
-        if response.status in (401, 403):
-            if credential is None or not credential.secrets:
-                raise Unauthorized(registry, "registry requires credentials and none are configured "
-                                             "(anonymous token refused)", **where)
-            raise Unauthorized(registry, "token server refused the credentials", **where)
-        if response.status in RETRYABLE_STATUS:
-            raise RegistryUnavailable(registry, "token server unavailable", **where)
-        raise RegistryProtocolError(registry, f"token server answered {error_summary(body) or 'unexpectedly'}",
-                                    **where)
+    def _token(self, fetch: TokenFetch, deadline: float) -> Answer | Token:
+        """The token another request just fetched for this scope, else the token server's answer."""
+        registry, scopes = fetch.key
+        cached = self.tokens.get(registry, scopes, self.clock())
+        if cached is not None and cached.value != fetch.rejected:
+            return cached
+        response = self._send(fetch.request, deadline)
+        body = response.read_capped(MAX_TOKEN_RESPONSE)
+        return Answer(response.status, tuple(response.headers.items()), response.url, body)
 
-    def _send(self, method, url, headers, body, deadline) -> Response:
+    def _send(self, request: Request, deadline: float) -> Response:
         if deadline <= self.clock():
-            raise RegistryUnavailable(url.split("/")[2], "timed out (its deadline passed)")
-        return self.transport.request(method, url, headers, body, deadline=deadline)
+            raise RegistryUnavailable(request.url.split("/")[2], "timed out (its deadline passed)")
+        return self.transport.request(request.method, request.url, request.headers, request.body, deadline=deadline)

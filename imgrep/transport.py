@@ -22,14 +22,14 @@ import ssl
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 from urllib.parse import urljoin, urlsplit
 
 from . import __version__
 from .errors import ForbiddenRegistry, RegistryProtocolError, RegistryUnavailable
 from .netpolicy import refusal
-from .protocol import redact_url
+from .protocol import Origin as _Origin, origin as _origin, redact_url
+from .retry import IDEMPOTENT_METHODS
 
 __all__ = ["Transport", "Response", "Observer", "USER_AGENT"]
 
@@ -88,27 +88,6 @@ class _DeadlineSocket(_Deadline, socket.socket):
 
 class _DeadlineSSLSocket(_Deadline, ssl.SSLSocket):
     """What the transport's TLS context wraps sockets in (``SSLContext.sslsocket_class``)."""
-
-
-@dataclass(frozen=True)
-class _Origin:
-    scheme: str
-    host: str  # hostname, IPv6 without brackets
-    port: int
-
-    @property
-    def netloc(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        default = 443 if self.scheme == "https" else 80
-        return host if self.port == default else f"{host}:{self.port}"
-
-
-def _origin(url: str) -> _Origin:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"not an http(s) URL: {redact_url(url)}")
-    port = parts.port  # raises ValueError for a port that is not a number in range
-    return _Origin(parts.scheme, parts.hostname.lower(), port or (443 if parts.scheme == "https" else 80))
 
 
 class Response:
@@ -219,11 +198,14 @@ class Transport:
         ``deadline`` (monotonic seconds) bounds the whole exchange, redirects and the
         body included; each read or write also waits at most ``timeout`` seconds.
         Redirects (GET/HEAD only) are followed up to MAX_REDIRECTS; ``Authorization``
-        is dropped as soon as the origin changes.
+        is dropped as soon as the origin changes, and a redirect from HTTPS to plain HTTP
+        is refused (ForbiddenRegistry): it would hand the request, and what the answer
+        is trusted for, to anyone on the path. The answer's ``url`` is where it came from.
         """
         headers = dict(headers or {})
         headers.setdefault("User-Agent", USER_AGENT)
         first = _origin(url)
+        here = first
         for _ in range(MAX_REDIRECTS + 1):
             response = self._send(method, url, headers, body, deadline)
             location = response.header("Location")
@@ -235,6 +217,10 @@ class Transport:
                 moved = _origin(url)
             except ValueError:
                 raise RegistryProtocolError(first.netloc, f"redirect to an unusable URL {redact_url(url)}") from None
+            if here.scheme == "https" and moved.scheme == "http":
+                raise ForbiddenRegistry(first.netloc, f"refusing a redirect from HTTPS to plain HTTP "
+                                                      f"({redact_url(url)})")
+            here = moved
             if moved != first:
                 headers.pop("Authorization", None)
         raise RegistryUnavailable(first.netloc, f"more than {MAX_REDIRECTS} redirects, last to {redact_url(url)}")
@@ -245,7 +231,10 @@ class Transport:
         target = parts.path or "/"
         if parts.query:
             target += "?" + parts.query
-        replayable = body is None or isinstance(body, (bytes, bytearray))
+        # A pooled connection the server had closed fails before an answer; the request is sent
+        # once more only when that is safe: an idempotent method (the server may have acted on
+        # it before closing) and a body that can be sent again.
+        replayable = method in IDEMPOTENT_METHODS and (body is None or isinstance(body, (bytes, bytearray)))
         started = time.monotonic()
         for attempt in (1, 2):
             left = deadline - time.monotonic()

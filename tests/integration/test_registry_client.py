@@ -24,14 +24,14 @@ from urllib.parse import urlencode
 import pytest
 
 from imgrep.credentials import CredentialStore
-from imgrep.errors import ManifestNotFound, RegistryUnavailable, Unauthorized
+from imgrep.errors import ForbiddenRegistry, ManifestNotFound, RegistryUnavailable, Unauthorized
 from imgrep.registry import RegistryClient, Repo
 from imgrep.transport import Transport
 from tests.helpers.certs import make_ca_and_cert
 from tests.helpers.clock import FakeClock
 from tests.helpers.faultproxy import FaultProxy
 from tests.helpers.images import Image, Index, make_image, make_index, push_image
-from tests.helpers.peer import Reply, ScriptedPeer, Seen, forward
+from tests.helpers.peer import DROP, Reply, ScriptedPeer, Seen, forward
 from tests.helpers.registry import RegistryServer
 from tests.helpers.tokenserver import READER, TokenServer
 
@@ -474,3 +474,130 @@ def test_registry_behind_an_internal_ca_is_trusted_only_with_registry_ca_file(re
             untrusting.close()
     assert found.digest.startswith("sha256:")
 
+
+# --- registries that do not implement everything ----------------------------------------------
+
+
+@pytest.mark.parametrize("status", [405, 501])
+def test_a_registry_refusing_head_on_manifests_is_asked_with_get(registry_noauth, connect, status) -> None:
+    image = make_image(seed=f"client-nohead-{status}")
+    repository = pushed(registry_noauth, image)
+
+    def no_head(seen: Seen) -> Reply:
+        if seen.method == "HEAD":
+            return Reply(status, (("Content-Type", "application/json"),), b'{"errors":[{"code":"UNSUPPORTED"}]}')
+        return forward(registry_noauth.host, seen)
+
+    with ScriptedPeer(no_head) as peer:
+        info = connect(peer.host).resolve(peer.host, repository, "v1")
+        methods = [s.method for s in peer.seen]
+
+    assert info.digest == image.digest and methods == ["HEAD", "GET"]
+
+
+# --- credentials stay with the hosts they belong to -----------------------------------------------
+
+
+def test_a_401_from_a_redirect_target_is_not_the_registrys_challenge(registry_noauth, connect) -> None:
+    """The CDN a registry redirects to names a realm of its own: the registry's password must not go there."""
+    image = make_image(seed="client-foreign-challenge")
+    repository = pushed(registry_noauth, image)
+    credentials = ("robot", f"pw-{secrets.token_hex(6)}")
+    with ScriptedPeer(lambda seen: Reply(200, (), b'{"token": "stolen"}')) as foreign_realm:
+        challenge = f'Bearer realm="http://{foreign_realm.host}/token",service="cdn"'
+        refusing_cdn = Reply(401, (("WWW-Authenticate", challenge),), b'{"errors":[{"code":"UNAUTHORIZED"}]}')
+        with ScriptedPeer(lambda seen: refusing_cdn) as cdn:
+            with ScriptedPeer(_front_registry(registry_noauth.host, credentials, lambda: f"http://{cdn.host}")) as front:
+                under_test = connect(front.host, cdn.host, foreign_realm.host,
+                                     environ=credentials_env(front.host, credentials))
+                under_test.resolve(front.host, repository, "v1")  # the registry's own scheme is known now
+                with pytest.raises(Unauthorized) as refused:
+                    under_test.client.get_blob(Repo(front.host, repository), image.layers[0].digest,
+                                               time.monotonic() + DEADLINE_SECONDS)
+                cdn_seen, realm_seen = cdn.seen, foreign_realm.seen
+
+    assert realm_seen == [], "the redirect target's realm was asked for a token"
+    assert all("authorization" not in s.headers for s in cdn_seen)
+    assert cdn.host in str(refused.value) and credentials[1] not in str(refused.value)
+
+
+def test_a_redirect_from_https_to_plain_http_is_refused(registry_noauth, tmp_path) -> None:
+    image = make_image(seed="client-downgrade")
+    repository = pushed(registry_noauth, image)
+    paths = make_ca_and_cert(tmp_path, dns_names=("registry.internal",), ip_addresses=("127.0.0.1",))
+    with ScriptedPeer(lambda seen: forward(registry_noauth.host, seen)) as plain:
+        def downgrade(seen: Seen) -> Reply:
+            return Reply(307, (("Location", f"http://{plain.host}{seen.path}"),))
+
+        with ScriptedPeer(downgrade, tls=(str(paths.cert), str(paths.key))) as https_front:
+            transport = Transport(ca_file=str(paths.ca_cert))
+            try:
+                with pytest.raises(ForbiddenRegistry, match="HTTPS to plain HTTP"):
+                    RegistryClient(transport, CredentialStore()).get_manifest(
+                        Repo(https_front.host, repository), "v1", time.monotonic() + DEADLINE_SECONDS)
+            finally:
+                transport.close()
+            plain_seen = plain.seen
+
+    assert plain_seen == []
+
+
+def _offering(upstream: RegistryServer, rewrite: Callable[[str], tuple[tuple[str, str], ...]]):
+    """``upstream``'s answers, with its one WWW-Authenticate header replaced by ``rewrite(original)``."""
+
+    def answer(seen: Seen) -> Reply:
+        reply = forward(upstream.host, seen)
+        original = next((v for k, v in reply.headers if k.lower() == "www-authenticate"), None)
+        if original is None:
+            return reply
+        kept = tuple((k, v) for k, v in reply.headers if k.lower() != "www-authenticate")
+        return Reply(reply.status, kept + rewrite(original), reply.body)
+
+    return answer
+
+
+@pytest.mark.parametrize("offer", ["one-header", "several-headers"])
+def test_several_challenges_are_read_and_bearer_is_preferred(registry_token, connect, offer) -> None:
+    image = make_image(seed=f"client-challenges-{offer}")
+    repository = pushed(registry_token, image)
+    offers = {
+        "one-header": lambda bearer: (("WWW-Authenticate", f'Basic realm="imgrep-test", {bearer}'),),
+        "several-headers": lambda bearer: (("WWW-Authenticate", "Negotiate"),
+                                           ("WWW-Authenticate", 'Basic realm="imgrep-test"'),
+                                           ("WWW-Authenticate", bearer)),
+    }
+    tokens = registry_token.token_server
+    before = len(tokens.requests)
+    with ScriptedPeer(_offering(registry_token, offers[offer])) as front:
+        info = connect(front.host, environ=credentials_env(front.host, READER)).resolve(front.host, repository, "v1")
+
+    assert info.digest == image.digest
+    assert [r.scopes for r in tokens.requests[before:]] == [(f"repository:{repository}:pull",)]
+
+
+# --- retries: only what is safe to send twice ---------------------------------------------------
+
+
+def test_a_post_whose_connection_drops_unanswered_is_not_sent_again() -> None:
+    """The peer may have acted on it (an upload session opened): the caller retries the whole upload."""
+    answers = {"GET": [DROP, Reply(200, (), b"{}")], "POST": [DROP, Reply(202)]}
+
+    def answer(seen: Seen) -> Reply:
+        queue = answers.get(seen.method)
+        return queue.pop(0) if queue and len(queue) > 1 else (queue[0] if queue else Reply(200))
+
+    with ScriptedPeer(answer) as peer:
+        transport = Transport(insecure_registries=frozenset({peer.host}))
+        url = f"http://{peer.host}/v2/team/app"
+        try:
+            transport.request("HEAD", f"{url}/manifests/v1").close()  # a pooled connection now
+            with transport.request("GET", f"{url}/manifests/v1") as replayed:  # dropped, sent again: safe
+                assert replayed.status == 200
+            transport.request("HEAD", f"{url}/manifests/v1").close()
+            with pytest.raises(RegistryUnavailable):
+                transport.request("POST", f"{url}/blobs/uploads/", body=b"")
+        finally:
+            transport.close()
+        methods = [s.method for s in peer.seen]
+
+    assert methods == ["HEAD", "GET", "GET", "HEAD", "POST"]

@@ -15,14 +15,22 @@ from imgrep.protocol import (
     MAX_ERROR_BODY,
     OCI_INDEX,
     OCI_MANIFEST,
+    Answer,
     Challenge,
+    Origin,
+    Request,
     blob_path,
     error_summary,
     manifest_path,
-    parse_challenge,
+    origin,
+    parse_challenges,
     parse_retry_after,
+    preferred_challenge,
     redact_url,
+    same_origin,
+    status_error,
 )
+from imgrep.errors import ManifestNotFound, RegistryProtocolError, RegistryUnavailable, Unauthorized
 
 CHALLENGES = [
     (
@@ -50,11 +58,11 @@ CHALLENGES = [
 
 @pytest.mark.parametrize(("header", "challenge"), CHALLENGES)
 def test_www_authenticate_is_parsed(header, challenge):
-    assert parse_challenge(header) == challenge
+    assert parse_challenges([header]) == (challenge,)
 
 
 def test_challenge_exposes_realm_and_service():
-    challenge = parse_challenge('Bearer realm="https://a/t",service="reg"')
+    [challenge] = parse_challenges(['Bearer realm="https://a/t",service="reg"'])
     assert (challenge.realm, challenge.service) == ("https://a/t", "reg")
     assert (Challenge("basic").realm, Challenge("basic").service) == ("", "")
 
@@ -65,7 +73,108 @@ def test_challenge_exposes_realm_and_service():
      'Bearer realm="a" service="b"', "{json: 1}"],
 )
 def test_garbage_challenge_is_none(header):
-    assert parse_challenge(header) is None
+    assert parse_challenges([header]) == ()
+
+
+BEARER = Challenge("bearer", {"realm": "https://auth.example/token", "service": "reg", "scope": "repository:a:pull"})
+BASIC = Challenge("basic", {"realm": "Registry Realm"})
+
+
+@pytest.mark.parametrize(("headers", "challenges"), [
+    # RFC 9110 11.6.1: one header may hold several challenges, commas between them and their parameters
+    (['Basic realm="Registry Realm", Bearer realm="https://auth.example/token",service="reg",'
+      'scope="repository:a:pull"'], (BASIC, BEARER)),
+    (['Bearer realm="https://auth.example/token",service=reg,scope="repository:a:pull", Basic realm="Registry Realm"'],
+     (BEARER, BASIC)),
+    (["Negotiate, Basic realm=\"Registry Realm\""], (Challenge("negotiate"), BASIC)),
+    # several headers, each read
+    (["Negotiate", 'Basic realm="Registry Realm"',
+      'Bearer realm="https://auth.example/token",service="reg",scope="repository:a:pull"'],
+     (Challenge("negotiate"), BASIC, BEARER)),
+    # a broken challenge is left out; the others stand
+    (['Basic realm="Registry Realm", Bearer realm', 'Bearer realm="https://auth.example/token",service="reg",'
+      'scope="repository:a:pull"'], (BASIC, BEARER)),
+    (['Negotiate YII4Aa==, Basic realm="Registry Realm"'], (BASIC,)),
+    (['Basic realm="Registry Realm", Bearer realm="unterminated'], (BASIC,)),
+    ([None, ""], ()),
+])
+def test_several_challenges_in_one_header_or_several(headers, challenges):
+    assert parse_challenges(headers) == challenges
+
+
+@pytest.mark.parametrize(("offered", "chosen"), [
+    ((BASIC, BEARER), BEARER),
+    ((BEARER, BASIC), BEARER),
+    ((Challenge("negotiate"), BASIC), BASIC),
+    ((Challenge("negotiate"),), None),
+    ((), None),
+])
+def test_bearer_is_preferred_then_basic(offered, chosen):
+    assert preferred_challenge(offered) == chosen
+
+
+@pytest.mark.parametrize(("a", "b", "same"), [
+    ("https://registry.example/v2/", "https://registry.example:443/v2/x", True),
+    ("http://127.0.0.1/v2/x/blobs/uploads/1", "http://127.0.0.1:80", True),
+    ("https://Registry.Example/v2/", "https://registry.example", True),
+    ("https://[::1]:5000/v2/", "https://[::1]:5000", True),
+    ("https://registry.example/v2/", "http://registry.example/v2/", False),
+    ("https://registry.example:8443/", "https://registry.example/", False),
+    ("https://registry.example.evil/", "https://registry.example/", False),
+    ("https://registry.example@evil.example/", "https://registry.example/", False),
+    ("ftp://registry.example/", "ftp://registry.example/", False),
+    ("https://registry.example:99999/", "https://registry.example/", False),
+])
+def test_origins_are_compared_normalised_not_as_string_prefixes(a, b, same):
+    assert same_origin(a, b) is same
+
+
+def test_origin_makes_the_default_port_explicit():
+    assert origin("https://Registry.Example/v2/") == Origin("https", "registry.example", 443)
+    assert origin("http://[fd00::1]/") == Origin("http", "fd00::1", 80)
+    assert origin("https://registry.example:443/").netloc == "registry.example"
+    assert origin("http://registry.example:8080/").netloc == "registry.example:8080"
+
+
+def test_a_request_knows_whether_its_body_can_be_sent_again():
+    assert Request("GET", "https://r/v2/").replayable
+    assert Request("PUT", "https://r/v2/", body=b"{}").replayable
+    assert not Request("PATCH", "https://r/v2/", body=iter([b"x"])).replayable
+    moved = Request("GET", "https://r/v2/", {"authorization": "Basic x", "Accept": "a"}).with_header("Authorization",
+                                                                                                       None)
+    assert moved.headers == {"Accept": "a"}
+
+
+def test_an_answer_keeps_every_value_of_a_repeated_header():
+    answer = Answer(401, (("WWW-Authenticate", "Basic"), ("www-authenticate", "Bearer realm=x")))
+    assert answer.header_values("WWW-Authenticate") == ["Basic", "Bearer realm=x"]
+    assert answer.header("www-authenticate") == "Basic" and answer.header("Location") == ""
+
+
+@pytest.mark.parametrize(("status", "method", "kind", "temporary"), [
+    (404, "GET", ManifestNotFound, False),
+    (401, "GET", Unauthorized, False),
+    (403, "PUT", Unauthorized, False),
+    (429, "HEAD", RegistryUnavailable, True),
+    (500, "GET", RegistryUnavailable, True),
+    (503, "POST", RegistryUnavailable, True),
+    (501, "HEAD", RegistryProtocolError, False),  # not implemented: another way, not a retry
+    (505, "GET", RegistryProtocolError, False),
+    (405, "PATCH", RegistryProtocolError, False),
+    (400, "PUT", RegistryProtocolError, False),
+    (302, "POST", RegistryProtocolError, False),
+])
+def test_each_status_means_one_error(status, method, kind, temporary):
+    error = status_error(status, method, b"", registry="r.example", repository="team/app")
+    assert type(error) is kind and error.temporary is temporary
+    assert (error.status, error.registry, error.repository) == (status, "r.example", "team/app")
+
+
+def test_the_error_carries_the_registrys_own_words_except_for_head():
+    body = json.dumps({"errors": [{"code": "DENIED", "message": "requested access to the resource is denied"}]})
+    assert "DENIED: requested access" in str(status_error(403, "GET", body.encode(), registry="r"))
+    assert "DENIED" not in str(status_error(403, "HEAD", body.encode(), registry="r"))
+    assert str(status_error(501, "HEAD", b"", registry="r")) == "r: HEAD is not implemented by the registry (HTTP 501)"
 
 
 NOW = 1_700_000_000.0

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from imgrep.retry import RETRYABLE_STATUS, RetryPolicy
+from imgrep.config import Config, load_config
+from imgrep.retry import IDEMPOTENT_METHODS, REQUEST_RETRY, RETRYABLE_STATUS, UPLOAD_RETRY, RetryPolicy
 
 POLICY = RetryPolicy(attempts=4, backoff=0.2, max_backoff=1.0, max_retry_after=30.0)
 
@@ -46,3 +47,21 @@ def test_a_wait_must_leave_time_for_the_request(wait, now, deadline, fits):
                                                    (400, False), (401, False), (404, False), (501, False)])
 def test_only_try_again_answers_are_retryable(status, retryable):
     assert (status in RETRYABLE_STATUS) is retryable
+
+
+@pytest.mark.parametrize(("method", "allowed"), [("GET", True), ("HEAD", True), ("PUT", True), ("DELETE", True),
+                                                 ("head", True), ("POST", False), ("PATCH", False)])
+def test_only_idempotent_requests_may_be_sent_again(method, allowed):
+    assert REQUEST_RETRY.allows(method) is allowed
+
+
+def test_a_policy_can_narrow_what_it_retries():
+    assert not RetryPolicy(methods=frozenset({"GET"})).allows("PUT")
+    assert IDEMPOTENT_METHODS == {"GET", "HEAD", "PUT", "DELETE", "OPTIONS"}
+
+
+def test_each_layer_has_one_policy_and_the_config_holds_their_defaults():
+    config = load_config({})
+    assert (config.request_retry, config.upload_retry) == (REQUEST_RETRY, UPLOAD_RETRY) == \
+        (Config().request_retry, Config().upload_retry)
+    assert UPLOAD_RETRY.attempts > 1 and UPLOAD_RETRY.backoff > REQUEST_RETRY.backoff
