@@ -21,10 +21,13 @@ from .protocol import (
     OCI_MANIFEST,
 )
 
-__all__ = ["Descriptor", "ParsedManifest", "parse_manifest", "INDEX_TYPES", "IMAGE_TYPES"]
+__all__ = ["Descriptor", "ParsedManifest", "parse_manifest", "announced_type", "INDEX_TYPES", "IMAGE_TYPES",
+           "SCHEMA1_TYPES"]
 
 INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
 IMAGE_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
+SCHEMA1_TYPES = frozenset({DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED})
+SCHEMA1_REFUSAL = "a schema 1 manifest: deprecated and not supported; push the image again with a current client"
 #: layers that registries may not redistribute (Windows base layers); copiers leave them out
 FOREIGN_LAYER_TYPES = frozenset({
     "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
@@ -71,20 +74,30 @@ def _descriptor(raw: object, where: str, registry: str) -> Descriptor:
     return Descriptor(str(raw.get("mediaType", "")), digest, size, label)
 
 
+def announced_type(content_type: str, registry: str) -> str | None:
+    """The manifest media type a ``Content-Type`` names, None when it names none (HTML,
+    ``octet-stream``, nothing): then only the document itself can say what it is.
+    Schema 1 is refused here already, so a HEAD is enough to report it."""
+    media_type = content_type.split(";")[0].strip().lower()
+    if media_type in SCHEMA1_TYPES:
+        raise UnsupportedManifest(registry, SCHEMA1_REFUSAL)
+    return media_type if media_type in INDEX_TYPES | IMAGE_TYPES else None
+
+
 def parse_manifest(body: bytes, media_type: str, registry: str) -> ParsedManifest:
     """What a manifest references. ``media_type`` is the Content-Type the registry sent;
-    the document's own ``mediaType`` wins when present (some registries send octet-stream)."""
+    the document's own ``mediaType`` wins when present (some registries send octet-stream),
+    and the result's ``media_type`` is the one to push it with."""
     try:
         document = json.loads(body)
-    except ValueError:
+    except (ValueError, UnicodeDecodeError):
         raise RegistryProtocolError(registry, "manifest is not JSON") from None
     if not isinstance(document, dict):
         raise RegistryProtocolError(registry, "manifest is not a JSON object")
     declared = document.get("mediaType")
-    kind = declared if isinstance(declared, str) and declared else media_type
-    if document.get("schemaVersion") == 1 or kind in (DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED):
-        raise UnsupportedManifest(registry, "schema 1 manifests are deprecated and not copied; "
-                                            "push the image again with a current client")
+    kind = declared if isinstance(declared, str) and declared else media_type.split(";")[0].strip()
+    if document.get("schemaVersion") == 1 or kind in SCHEMA1_TYPES:
+        raise UnsupportedManifest(registry, SCHEMA1_REFUSAL)
     if kind not in INDEX_TYPES and "manifests" in document and "layers" not in document:
         kind = OCI_INDEX
     elif kind not in IMAGE_TYPES | INDEX_TYPES and "layers" in document:

@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 from urllib.parse import urlencode, urljoin
 
-from .auth import (MAX_TOKEN_RESPONSE, Asker, ChallengeCache, Flow, Token, TokenCache, TokenFetch, auth_flow, prefetch_flow,
-                   pull_scope, push_scope)
+from .auth import (MAX_TOKEN_RESPONSE, Asker, ChallengeCache, Flow, Token, TokenCache, TokenFetch, auth_flow,
+                   prefetch_flow, pull_scope, push_scope)
 from .credentials import CredentialLookup
-from .digest import compute, is_digest
-from .errors import DigestMismatch, ManifestNotFound, RegistryError, RegistryProtocolError, RegistryUnavailable
+from .digest import algorithm_of, compute, is_digest, matches
+from .errors import (DigestMismatch, ManifestNotFound, RegistryError, RegistryProtocolError, RegistryUnavailable,
+                     UnsupportedManifest)
+from .manifest import announced_type, parse_manifest
 from .protocol import (
     MANIFEST_ACCEPT,
     MAX_ERROR_BODY,
@@ -58,8 +60,8 @@ class Repo:
 
 @dataclass(frozen=True)
 class ManifestInfo:
-    digest: str
-    media_type: str
+    digest: str  # canonical (sha256): what registries store and push it under
+    media_type: str  # the manifest's own media type, the one to push it with
     size: int | None
 
 
@@ -95,8 +97,13 @@ class RegistryClient:
     # -- operations ---------------------------------------------------------
 
     def resolve(self, repo: Repo, identifier: str, deadline: float) -> ManifestInfo:
-        """The digest a tag or digest names (HEAD; GET and hash when the registry omits it
-        or does not do HEAD: 405 or 501)."""
+        """The digest a tag or digest names: one HEAD when its answer vouches for a manifest
+        (a manifest media type and a digest), else GET and verify the bytes: HEAD refused
+        (405/501), no digest announced, HTML or ``octet-stream`` for a type, or a pin by
+        sha384/sha512, which registries do not announce."""
+        pinned = is_digest(identifier)
+        if pinned and algorithm_of(identifier) != "sha256":
+            return self.get_manifest(repo, identifier, deadline).info
         try:
             response = self._call(repo, "HEAD", manifest_path(repo.repository, identifier), deadline,
                                   headers={"Accept": MANIFEST_ACCEPT})
@@ -106,32 +113,51 @@ class RegistryClient:
             return self.get_manifest(repo, identifier, deadline).info
         with response:
             digest = response.header("Docker-Content-Digest")
-            media_type = response.header("Content-Type").split(";")[0].strip()
+            content_type = response.header("Content-Type")
             length = response.header("Content-Length")
-        if is_digest(identifier):
+        try:
+            media_type = announced_type(content_type, repo.registry)
+        except UnsupportedManifest as exc:
+            raise UnsupportedManifest(repo.registry, exc.detail, repository=repo.repository) from None
+        if pinned:
             if digest and digest != identifier:
                 raise DigestMismatch(repo.registry, f"asked for {identifier}, registry says {digest}",
                                      repository=repo.repository, digest=identifier)
             digest = identifier
-        if not is_digest(digest):
+        if media_type is None or not is_digest(digest):
             return self.get_manifest(repo, identifier, deadline).info
         return ManifestInfo(digest, media_type, int(length) if length.isdigit() else None)
 
     def get_manifest(self, repo: Repo, identifier: str, deadline: float) -> Manifest:
-        """Manifest bytes, verified against the digest asked for or announced."""
+        """Manifest bytes that are a manifest (known media type, parseable), verified against
+        the digest asked for and the one announced, each in its own algorithm."""
         with self._call(repo, "GET", manifest_path(repo.repository, identifier), deadline,
                         headers={"Accept": MANIFEST_ACCEPT}) as response:
             body = response.read_capped(MAX_MANIFEST_BYTES)
             if len(body) >= MAX_MANIFEST_BYTES:
                 raise RegistryProtocolError(repo.registry, "manifest larger than 4 MiB", repository=repo.repository)
             announced = response.header("Docker-Content-Digest")
-            media_type = response.header("Content-Type").split(";")[0].strip()
-        actual = compute(body)
-        for expected in (identifier if is_digest(identifier) else "", announced):
-            if expected and expected.startswith("sha256:") and expected != actual:
+            content_type = response.header("Content-Type")
+        media_type = self._media_type(repo, identifier, body, content_type)
+        for expected in (identifier, announced):
+            if is_digest(expected) and not matches(body, expected):
+                actual = compute(body, algorithm_of(expected))
                 raise DigestMismatch(repo.registry, f"manifest {expected} hashes to {actual}",
                                      repository=repo.repository, digest=expected)
-        return Manifest(ManifestInfo(actual, media_type, len(body)), body)
+        return Manifest(ManifestInfo(compute(body), media_type, len(body)), body)
+
+    @staticmethod
+    def _media_type(repo: Repo, identifier: str, body: bytes, content_type: str) -> str:
+        """The document's own media type; an answer that is no manifest is refused saying what it was."""
+        try:
+            return parse_manifest(body, content_type, repo.registry).media_type
+        except UnsupportedManifest as exc:
+            raise UnsupportedManifest(repo.registry, exc.detail, repository=repo.repository) from None
+        except RegistryProtocolError as exc:
+            shown = content_type.split(";")[0].strip() or "no Content-Type"
+            raise RegistryProtocolError(repo.registry, f"the answer for {identifier[:80]} is not a manifest "
+                                                       f"({shown[:60]}): {exc.detail}",
+                                        repository=repo.repository) from None
 
     def blob_exists(self, repo: Repo, digest: str, deadline: float, scopes: tuple[str, ...] | None = None) -> bool:
         """HEAD the blob; a registry that cannot HEAD blobs (405/501) is treated as not having it,

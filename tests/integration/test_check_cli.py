@@ -8,6 +8,7 @@ names the variable, and no secret ever reaches the output.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import secrets
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.images import make_image, make_index, push_image
+from tests.helpers.peer import Reply, ScriptedPeer, Seen
 from tests.helpers.ports import refusing_port
 from tests.helpers.registry import RegistryServer
 
@@ -104,6 +106,27 @@ def test_an_invalid_reference_or_unreachable_registry_exits_2(images, registry_n
     assert run.rows[1][3].startswith("invalid reference")
     assert run.rows[2][3].startswith("registry unreachable")
     assert "Traceback" not in run.stderr
+
+
+def test_schema1_and_html_answers_are_errors_that_say_what_they_are(images, registry_noauth) -> None:
+    """A registry with only a schema 1 manifest, and a portal answering HTML for every path."""
+    schema1 = json.dumps({"schemaVersion": 1, "name": "team/old", "tag": "v1", "fsLayers": [],
+                          "history": [], "signatures": []}).encode()
+
+    def answer(seen: Seen) -> Reply:
+        if seen.headers.get("host", "").startswith("127.0.0.1"):
+            return Reply(200, (("Content-Type", "application/vnd.docker.distribution.manifest.v1+prettyjws"),
+                               ("Docker-Content-Digest", "sha256:" + hashlib.sha256(schema1).hexdigest())), schema1)
+        return Reply(200, (("Content-Type", "text/html"),), b"<html><body>Sign in</body></html>")
+
+    with ScriptedPeer(answer) as peer:
+        old, portal = f"{peer.host}/team/old:v1", f"localhost:{peer.port}/team/app:v1"
+        run = run_imgrep("check", old, portal, env={"INSECURE_REGISTRIES": f"{peer.host},localhost:{peer.port}"})
+
+    assert run.code == 2, run
+    assert [row[:3] for row in run.rows] == [["error", old, "-"], ["error", portal, "-"]]
+    assert run.rows[0][3].startswith("unsupported manifest") and "schema 1" in run.rows[0][3]
+    assert "not a manifest" in run.rows[1][3] and "text/html" in run.rows[1][3]
 
 
 def test_missing_and_error_together_exit_2(images, registry_noauth) -> None:

@@ -24,7 +24,8 @@ from urllib.parse import urlencode
 import pytest
 
 from imgrep.credentials import CredentialStore
-from imgrep.errors import ForbiddenRegistry, ManifestNotFound, RegistryUnavailable, Unauthorized
+from imgrep.errors import (DigestMismatch, ForbiddenRegistry, ManifestNotFound, RegistryProtocolError,
+                           RegistryUnavailable, Unauthorized, UnsupportedManifest)
 from imgrep.registry import RegistryClient, Repo
 from imgrep.transport import Transport
 from tests.helpers.certs import make_ca_and_cert
@@ -473,6 +474,88 @@ def test_registry_behind_an_internal_ca_is_trusted_only_with_registry_ca_file(re
             trusting.close()
             untrusting.close()
     assert found.digest.startswith("sha256:")
+
+
+# --- answers that are not manifests ---------------------------------------------------------
+
+HTML = b"<!doctype html><html><body>Welcome to our portal</body></html>"
+
+
+@pytest.mark.parametrize("identifier", ["v1", "sha256:" + hashlib.sha256(HTML).hexdigest(),
+                                        "sha256:" + hashlib.sha256(b"anything").hexdigest()])
+def test_a_server_answering_html_for_every_path_holds_no_manifest(connect, identifier) -> None:
+    portal = Reply(200, (("Content-Type", "text/html; charset=utf-8"),), HTML)
+    with ScriptedPeer(lambda seen: portal) as peer:
+        with pytest.raises(RegistryProtocolError) as refused:
+            connect(peer.host).resolve(peer.host, "team/app", identifier)
+
+    assert "not a manifest" in str(refused.value) and "text/html" in str(refused.value)
+    assert refused.value.reason == "registry error"
+
+
+SCHEMA1 = json.dumps({"schemaVersion": 1, "name": "team/old", "tag": "v1", "architecture": "amd64",
+                      "fsLayers": [{"blobSum": "sha256:" + "a" * 64}], "history": [{"v1Compatibility": "{}"}],
+                      "signatures": []}).encode()
+SCHEMA1_DIGEST = "sha256:" + hashlib.sha256(SCHEMA1).hexdigest()
+
+
+def schema1_registry(seen: Seen) -> Reply:
+    """A registry that has only a schema 1 manifest and says so (distribution 2.8 refuses to store one)."""
+    if "/manifests/" not in seen.path:
+        return Reply(404, (("Content-Type", "application/json"),), b'{"errors":[{"code":"NOT_FOUND"}]}')
+    return Reply(200, (("Content-Type", "application/vnd.docker.distribution.manifest.v1+prettyjws"),
+                       ("Docker-Content-Digest", SCHEMA1_DIGEST)), SCHEMA1)
+
+
+@pytest.mark.parametrize("identifier", ["v1", SCHEMA1_DIGEST])
+def test_a_schema1_manifest_is_reported_as_such_by_a_check(connect, identifier) -> None:
+    with ScriptedPeer(schema1_registry) as peer:
+        with pytest.raises(UnsupportedManifest, match="schema 1"):
+            connect(peer.host).resolve(peer.host, "team/old", identifier)
+
+
+def test_a_manifest_the_server_calls_octet_stream_is_known_by_its_own_media_type(registry_noauth, connect) -> None:
+    image = make_index(media="oci", seed="client-octet")
+    repository = pushed(registry_noauth, image)
+
+    def octet(seen: Seen) -> Reply:
+        reply = forward(registry_noauth.host, seen, drop=frozenset({"content-type"}))
+        return Reply(reply.status, reply.headers + (("Content-Type", "application/octet-stream"),), reply.body)
+
+    with ScriptedPeer(octet) as peer:
+        client = connect(peer.host).client
+        info = client.resolve(Repo(peer.host, repository), "v1", time.monotonic() + DEADLINE_SECONDS)
+        manifest = client.get_manifest(Repo(peer.host, repository), "v1", time.monotonic() + DEADLINE_SECONDS)
+
+    assert info.digest == image.digest and info.media_type == image.media_type
+    assert manifest.info.media_type == image.media_type
+
+
+# --- pins by sha384 and sha512 ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("announce", [True, False], ids=["announced-sha256", "no-digest-header"])
+@pytest.mark.parametrize("algorithm", ["sha384", "sha512"])
+def test_a_pin_by_sha384_or_sha512_is_checked_against_the_bytes(registry_noauth, connect, algorithm, announce):
+    image, other = make_image(seed=f"client-pin-{algorithm}"), make_image(seed=f"client-pin-{algorithm}-other")
+    repository = pushed(registry_noauth, image)
+    right = f"{algorithm}:" + hashlib.new(algorithm, image.manifest).hexdigest()
+    wrong = f"{algorithm}:" + hashlib.new(algorithm, other.manifest).hexdigest()
+    drop = frozenset() if announce else frozenset({"docker-content-digest"})
+
+    def by_any_digest(seen: Seen) -> Reply:
+        """A registry that indexes manifests by sha384/sha512 too; ``wrong`` names the same bytes (a liar)."""
+        path = seen.path.replace(right, image.digest).replace(wrong, image.digest)
+        return forward(registry_noauth.host, seen, path=path, drop=drop)
+
+    with ScriptedPeer(by_any_digest) as peer:
+        under_test = connect(peer.host)
+        info = under_test.resolve(peer.host, repository, right)
+        with pytest.raises(DigestMismatch) as refused:
+            under_test.resolve(peer.host, repository, wrong)
+
+    assert info.digest == image.digest  # the canonical digest the registry stores it under
+    assert wrong in str(refused.value)
 
 
 # --- registries that do not implement everything ----------------------------------------------

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from imgrep.errors import RegistryProtocolError, UnsupportedManifest
-from imgrep.manifest import parse_manifest
+from imgrep.manifest import announced_type, parse_manifest
 from imgrep.protocol import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST
 
 A, B, C = ("sha256:" + c * 64 for c in "abc")
@@ -78,3 +78,38 @@ def test_malformed_manifests_are_protocol_errors(body):
 def test_unknown_media_type_is_unsupported():
     with pytest.raises(UnsupportedManifest, match="unsupported manifest media type"):
         parse_manifest(b'{"schemaVersion": 2, "mediaType": "application/x-thing"}', "application/x-thing", "r")
+
+
+@pytest.mark.parametrize(("content_type", "media_type"), [
+    (OCI_MANIFEST, OCI_MANIFEST),
+    (DOCKER_MANIFEST_LIST + "; charset=utf-8", DOCKER_MANIFEST_LIST),
+    ("text/html; charset=utf-8", None),
+    ("application/octet-stream", None),
+    ("application/json", None),
+    ("", None),
+])
+def test_a_content_type_names_a_manifest_type_or_none(content_type, media_type):
+    assert announced_type(content_type, "r") == media_type
+
+
+def test_a_schema1_content_type_is_refused_from_the_headers_alone():
+    with pytest.raises(UnsupportedManifest, match="schema 1"):
+        announced_type("application/vnd.docker.distribution.manifest.v1+prettyjws", "r")
+
+
+@pytest.mark.parametrize("body", [b"<!doctype html><html></html>", b"\xff\xfe", b"[]", b"{}", b'{"errors": []}'])
+def test_what_is_not_a_manifest_is_refused(body):
+    with pytest.raises((RegistryProtocolError, UnsupportedManifest)):
+        parse_manifest(body, "text/html", "r")
+
+
+def test_an_oci_manifest_without_media_type_is_known_by_its_shape():
+    body = json.dumps({"schemaVersion": 2, "config": {"mediaType": "x", "digest": A, "size": 1},
+                       "layers": []}).encode()
+    assert parse_manifest(body, "application/octet-stream", "r").media_type == OCI_MANIFEST
+
+
+@pytest.mark.parametrize("algorithm_digest", ["sha384:" + "c" * 96, "sha512:" + "d" * 128])
+def test_descriptors_may_name_blobs_by_sha384_or_sha512(algorithm_digest):
+    parsed = parse_manifest(image(OCI_MANIFEST, [layer(algorithm_digest)]), OCI_MANIFEST, "r")
+    assert parsed.blobs[-1].digest == algorithm_digest
