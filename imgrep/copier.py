@@ -29,10 +29,11 @@ from typing import Callable, Iterator
 from .auth import push_scope
 from .bulkhead import Bulkhead
 from .digest import Verifier, is_digest
-from .errors import DigestMismatch, ImgrepError, ManifestNotFound, RegistryError, RegistryUnavailable
+from .errors import (DigestMismatch, ImgrepError, ManifestNotFound, RegistryError, RegistryProtocolError,
+                     RegistryUnavailable)
 from .manifest import Descriptor, parse_manifest
-from .registry import Manifest, RegistryClient, Repo
-from .retry import RetryPolicy
+from .registry import NOT_IMPLEMENTED, Manifest, RegistryClient, Repo
+from .retry import UPLOAD_RETRY, RetryPolicy
 
 __all__ = ["Copier", "CopyResult", "Progress", "BlobStats", "signature_tags", "LOOKUP_CONCURRENCY"]
 
@@ -48,6 +49,8 @@ MAX_RESUMES = 3
 MAX_INDEX_DEPTH = 2
 #: blob digests remembered with the target repository holding them, for mounts
 MAX_KNOWN_BLOBS = 100_000
+#: target registries remembered as refusing PATCH (normally one: TARGET_REGISTRY)
+MAX_MONOLITHIC_REGISTRIES = 256
 #: seconds past a copy's deadline that its requests get to report their own failure
 DEADLINE_GRACE = 1.0
 #: manifest, referrer and token requests one source registry may have at once, across copies
@@ -114,7 +117,7 @@ class Copier:
         client: RegistryClient,
         pool: Bulkhead,
         *,
-        retry: RetryPolicy = RetryPolicy(attempts=4, backoff=0.5, max_backoff=10.0),
+        retry: RetryPolicy = UPLOAD_RETRY,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         on_blob: Callable[[str, int], None] = lambda result, size: None,
@@ -130,6 +133,7 @@ class Copier:
         self.on_blob = on_blob
         self._known: dict[str, str] = {}  # blob digest → target repository holding it
         self._known_lock = threading.Lock()
+        self._monolithic: set[str] = set()  # target registries that refused PATCH
 
     # -- whole images -------------------------------------------------------
 
@@ -321,7 +325,13 @@ class Copier:
         if location is None:
             return "mounted"
         try:
-            self._stream(source, target, blob, location, deadline, progress)
+            try:
+                self._stream(source, target, blob, location, deadline, progress)
+            except _PatchRefused:
+                # a fresh session for the one streamed PUT: the refused one may be spoilt
+                self.client.cancel_upload(target, location, deadline)
+                location = self.client.start_upload(target, deadline) or location
+                self._stream(source, target, blob, location, deadline, progress)
         except BaseException:
             self.client.cancel_upload(target, location, deadline)
             raise
@@ -345,23 +355,50 @@ class Copier:
 
     def _stream(self, source: Repo, target: Repo, blob: Descriptor, location: str, deadline: float,
                 progress: Progress) -> None:
-        """GET from the source into the upload, hashing on the way; commit only a verified blob."""
+        """GET from the source into the upload, hashing on the way; commit only a verified blob.
+
+        Small blobs go in one PUT. Larger ones go in PATCH chunks, or, to a target that
+        refused PATCH (405/501: registries that take monolithic uploads only), in one PUT
+        whose body streams from the source (OCI distribution spec "Pushing a blob monolithically").
+        """
         reader = _ResumingReader(self.client, source, blob, deadline, progress)
         try:
             if blob.size <= MONOLITHIC_MAX:
                 body = reader.read_exactly(blob.size)
                 reader.verify()
                 self.client.commit_upload(target, location, blob.digest, deadline, body)
-                return
-            offset = 0
-            while offset < blob.size:
-                length = min(CHUNK_SIZE, blob.size - offset)
-                location = self.client.upload_chunk(target, location, reader.chunks(length), offset, length, deadline)
-                offset += length
-            reader.verify()
-            self.client.commit_upload(target, location, blob.digest, deadline)
+            elif target.registry in self._monolithic:
+                self.client.commit_upload(target, location, blob.digest, deadline, reader.verified(),
+                                          length=blob.size)
+            else:
+                self._patch(reader, target, blob, location, deadline, progress)
         finally:
             reader.close()
+
+    def _patch(self, reader: "_ResumingReader", target: Repo, blob: Descriptor, location: str, deadline: float,
+               progress: Progress) -> None:
+        offset = 0
+        while offset < blob.size:
+            length = min(CHUNK_SIZE, blob.size - offset)
+            try:
+                location = self.client.upload_chunk(target, location, reader.chunks(length), offset, length, deadline)
+            except RegistryProtocolError as exc:
+                if exc.status not in NOT_IMPLEMENTED:
+                    raise
+                with self._known_lock:
+                    if len(self._monolithic) >= MAX_MONOLITHIC_REGISTRIES:
+                        self._monolithic.clear()
+                    self._monolithic.add(target.registry)
+                progress.advance(-reader.offset)  # those bytes are read again for the PUT
+                raise _PatchRefused(target.registry, f"PATCH refused ({exc.status}); uploading in one PUT",
+                                    repository=target.repository, status=exc.status) from None
+            offset += length
+        reader.verify()
+        self.client.commit_upload(target, location, blob.digest, deadline)
+
+
+class _PatchRefused(RegistryProtocolError):
+    """The target refused a PATCH; the blob goes again in one streamed PUT."""
 
 
 class _Tasks:
@@ -453,6 +490,19 @@ class _ResumingReader:
 
     def read_exactly(self, length: int) -> bytes:
         return b"".join(self.chunks(length))
+
+    def verified(self) -> Iterator[bytes]:
+        """The whole blob for one streamed request, its last piece held back until every byte
+        has hashed right: a blob that does not verify never completes its request, so the
+        registry sees a body cut short and commits nothing."""
+        held = b""
+        for data in self.chunks(self.blob.size):
+            if held:
+                yield held
+            held = data
+        self.verify()
+        if held:
+            yield held
 
     def verify(self) -> None:
         self.verifier.verify()
