@@ -155,13 +155,18 @@ class Copier:
         digest = digest or self.client.resolve(source, identifier, deadline).digest
         if self._target_has(target, tag or digest, digest, deadline):
             return CopyResult(digest, False, BlobStats())
+        held = self._held(target, digest, deadline) if tag else None
         with _Tasks(self.lookups, self.clock, deadline, source) as lookups, \
                 _Tasks(self.pool, self.clock, deadline, source) as transfers:
-            # the manifest first, as the walk waits for it: it takes an idle connection before the lookups do
-            top = lookups.start(self._top_manifest, source, identifier, digest, deadline)
-            lookups.start(self._authorize_uploads, target, deadline)
+            if held is None:
+                # the manifest first, as the walk waits for it: it takes an idle connection before the lookups do
+                top = lookups.start(self._top_manifest, source, identifier, digest, deadline)
+                lookups.start(self._authorize_uploads, target, deadline)
             attached = self._referrers(lookups, source, digest, deadline) if referrers else lambda: []
-            image = _Image(digest, tag, *self._collect(lookups, source, lookups.results([top])[0], deadline))
+            if held is None:
+                image = _Image(digest, tag, *self._collect(lookups, source, lookups.results([top])[0], deadline))
+            else:  # only the tag is missing: nothing of the image itself travels, referrers still may
+                image = _Image(digest, tag, [held], [])
             moving = self._start_blobs(transfers, source, target, image.blobs, {}, deadline, progress)
             extras: list[_Image] = []
             for reference in attached():  # walked while the blobs move
@@ -170,7 +175,8 @@ class Copier:
                     extras.append(extra)
                     self._start_blobs(transfers, source, target, extra.blobs, moving, deadline, progress)
             stats = self._blob_stats(transfers, moving)
-        self._put_manifests(target, image, deadline)  # every blob is in place: children, then the index
+        if held is None:
+            self._put_manifests(target, image, deadline)  # every blob is in place: children, then the index
         for extra in extras:  # then referrers; a cosign referrer is known by its tag
             self._put_manifests(target, extra, deadline)
             if extra.tag:
@@ -213,6 +219,16 @@ class Copier:
             return self.client.resolve(target, identifier, deadline).digest == digest
         except ManifestNotFound:
             return False
+
+    def _held(self, target: Repo, digest: str, deadline: float) -> Manifest | None:
+        """The manifest the target holds under ``digest`` (copied before under another tag, or by
+        digest), or None. Held, its blobs and children are there too: the registry checked them
+        when it was pushed, and copies push blobs first. Then only the tag is missing (and
+        perhaps a referrer a copy stopped before): one PUT, no blob traffic."""
+        try:
+            return self.client.get_manifest(target, digest, deadline)
+        except ManifestNotFound:
+            return None
 
     def _collect(self, lookups: _Tasks, source: Repo, top: Manifest,
                  deadline: float) -> tuple[list[Manifest], list[Descriptor]]:

@@ -34,7 +34,7 @@ MAX_JOBS = 8
 MAX_JOBS_PER_REGISTRY = 4
 #: "does the target hold it?" lookups at once, when a source is unreachable
 MAX_PROBES = 4
-#: replicated (target, digest) pairs remembered (CACHE_TTL_SECONDS each), so warm admissions ask no registry
+#: replicated (target, tag, digest) entries remembered (CACHE_TTL_SECONDS each), so warm admissions ask no registry
 MAX_REMEMBERED = 10000
 
 
@@ -98,6 +98,14 @@ class Replicator:
     def target_repo(self, reference: Reference) -> Repo:
         return Repo(self.target.host, target_repository(reference, self.target, self.include_registry))
 
+    def _key(self, reference: Reference, digest: str) -> str:
+        """What one copy job makes true: the digest in the target repository, under the tag when
+        the image was admitted by tag. Nodes pull what was admitted, so ``app:stable`` is not
+        replicated by a copy of ``app:v1``, even at the same digest."""
+        tag = f":{reference.tag}" if reference.tag and not reference.digest else ""
+        repo = self.target_repo(reference)
+        return f"{repo.registry}/{repo.repository}{tag}@{digest}"
+
     def replicate_all(self, results: list[CheckResult], deadline: float, *,
                       wait_for_copies: bool = True) -> list[CheckResult]:
         """Each existing image copied (or found) in the target; others pass through unchanged.
@@ -123,7 +131,7 @@ class Replicator:
             return result, self._probes.submit(self._target_holds, result, deadline)
         if result.status != EXISTS:
             return result, None
-        key = f"{self.target_repo(ref)}@{result.digest}"
+        key = self._key(ref, result.digest or "")
         if self._replicated.get(key, self.clock()) is not None:
             return replace(result, status=REPLICATED), None
         return result, self._job(ref, result.digest or "", key)
@@ -176,8 +184,7 @@ class Replicator:
             self._failures.pop(key, None)
             self._jobs.pop(key, None)
         # trusted for a while, then confirmed with one HEAD: someone may delete it from the target
-        self._replicated.put(f"{self.target_repo(ref)}@{result.digest}", REPLICATED, self.remember_seconds,
-                             self.clock())
+        self._replicated.put(self._key(ref, result.digest), REPLICATED, self.remember_seconds, self.clock())
         self.on_done(ref, result, self.clock() - started, "")
         return result
 
@@ -198,7 +205,7 @@ class Replicator:
                                detail=f"{result.detail}; the target registry holds the image")
             return result
         if not future.done():
-            key = f"{self.target_repo(result.reference)}@{result.digest}"
+            key = self._key(result.reference, result.digest or "")
             with self._lock:
                 job = self._jobs.get(key)
             progress = f" ({job.progress.describe()})" if job else ""

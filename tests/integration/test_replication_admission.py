@@ -125,6 +125,34 @@ def test_ten_concurrent_admissions_of_one_new_image_copy_it_once(admission, regi
     assert admission.replications("copied") == 1
 
 
+def test_a_second_tag_of_a_replicated_digest_is_pushed_with_one_put(admission, registry_token, registry_basic):
+    repo = unique("retag")
+    image = make_image(layers=2, seed=repo)
+    digest = push_image(registry_token, repo, "v1", image)
+    push_image(registry_token, repo, "stable", image)
+    assert admission.admit(f"{registry_token.host}/{repo}:v1")["allowed"] is True
+    mark = registry_basic.mark()
+
+    response = admission.admit(f"{registry_token.host}/{repo}:stable")
+
+    assert response["allowed"] is True, response
+    sent = [(r.method, r.path) for r in registry_basic.requests_since(mark)]
+    assert target_digest(registry_basic, repo, "stable") == digest
+    assert [r for r in sent if r[0] not in ("HEAD", "GET")] == [("PUT", f"/v2/mirror/{repo}/manifests/stable")]
+    assert not any("/blobs/" in path for _, path in sent), sent
+
+
+def test_a_tag_admitted_after_its_digest_is_pushed(admission, registry_token, registry_basic):
+    repo = unique("digest-then-tag")
+    digest = push_image(registry_token, repo, "v1", make_image(seed=repo))
+    assert admission.admit(f"{registry_token.host}/{repo}@{digest}")["allowed"] is True
+
+    response = admission.admit(f"{registry_token.host}/{repo}:v1")
+
+    assert response["allowed"] is True, response
+    assert target_digest(registry_basic, repo, "v1") == digest
+
+
 def test_dry_run_checks_but_never_copies(admission, registry_token, registry_basic):
     repo = unique("dry")
     push_image(registry_token, repo, "v1", make_image(seed=repo))

@@ -24,11 +24,13 @@ SHORT_BUDGET = 0.2
 class FakeCopier:
     def __init__(self, fail_with: Exception | None = None, hold: threading.Event | None = None):
         self.calls = 0
+        self.identifiers: list[str] = []
         self.fail_with = fail_with
         self.hold = hold
 
     def copy(self, source, identifier, target, deadline, progress, *, digest=""):
         self.calls += 1
+        self.identifiers.append(identifier)
         if self.hold:
             self.hold.wait(5)
         if self.fail_with:
@@ -141,3 +143,17 @@ def test_without_waiting_for_copies_a_copy_is_started_and_only_a_finished_one_co
     finally:
         hold.set()
         subject.close()
+
+
+def test_each_tag_of_one_digest_is_replicated_and_remembered_on_its_own(clock):
+    """``app:stable`` at the digest of an already copied ``app:v1`` must still be pushed as ``stable``."""
+    copier = FakeCopier()
+    subject = replicator(copier, clock)
+    images = ["registry.example/team/app:v1", "registry.example/team/app:stable",
+              "registry.example/team/app@" + DIGEST]
+    try:
+        for image in images + images:
+            assert subject.replicate_all([found(image)], clock() + 5)[0].status == REPLICATED
+    finally:
+        subject.close()
+    assert copier.identifiers == ["v1", "stable", DIGEST]  # each once; the second round asked nobody
