@@ -1,4 +1,4 @@
-"""Command line: ``serve`` (default), ``check IMAGE...``, ``copy``, ``inventory``, ``--version``, ``--help``.
+"""Command line: ``serve`` (default), ``check IMAGE...``, ``copy``, ``sync``, ``inventory``, ``--version``, ``--help``.
 
 Builds the config once and wires the pieces; the only place besides the servers
 where a broad ``except`` turns failures into an exit code and one line on stderr.
@@ -37,6 +37,7 @@ from .reference import Reference, parse_reference
 from .registry import RegistryClient, Repo
 from .replicator import Replicator
 from .server import QUERY, App, CertificateReloader, HttpServer, Lifecycle
+from .sync_runner import DEFAULT_JOBS, MAX_JOBS, read_input, run_sync
 from .telemetry import Telemetry
 from .transport import Transport
 from .webhook import JSON, Webhook
@@ -68,6 +69,14 @@ def _parser() -> argparse.ArgumentParser:
     copy.add_argument("source", metavar="SOURCE")
     copy.add_argument("target", metavar="TARGET", help="without a tag, the source's tag (or digest) is used")
     copy.add_argument("--progress", action="store_true", help="show bytes copied on stderr")
+    sync = commands.add_parser("sync", help="replicate many images to TARGET_REGISTRY (a list, or kubectl JSON); "
+                                            "exit 0 all in the target, 1 any missing, 2 any failed")
+    sync.add_argument("input", nargs="?", metavar="FILE|-",
+                      help="one reference per line (# comments), or `kubectl get pods -A -o json` output; - is stdin")
+    sync.add_argument("--jobs", type=_jobs, default=DEFAULT_JOBS,
+                      help=f"images copied at once, 1 to {MAX_JOBS} (default: %(default)s)")
+    sync.add_argument("--dry-run", action="store_true",
+                      help="print what is in the target and what would be sent; copy nothing")
     inventory = commands.add_parser("inventory", help="print a running webhook's image inventory as a table")
     inventory.add_argument("--url", default="http://127.0.0.1:8080",
                            help="the webhook's health port (default: %(default)s)")
@@ -78,6 +87,12 @@ def _parser() -> argparse.ArgumentParser:
     inventory.add_argument("--status", help="only images with this status: exists, missing, error, replicated "
                                             "or unchecked (comma list: any of them)")
     return parser
+
+
+def _jobs(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= MAX_JOBS:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to {MAX_JOBS}, got {text!r}")
+    return int(text)
 
 
 @dataclass(frozen=True)
@@ -374,6 +389,12 @@ def main(argv: list[str] | None = None) -> int:
             return run_check(runtime, args.images)
         if args.command == "copy":
             return run_copy(runtime, args.source, args.target, args.progress)
+        if args.command == "sync":
+            if args.input is None:
+                print("imgrep: sync needs a FILE, or - for standard input", file=sys.stderr)
+                return 2
+            return run_sync(runtime.config, runtime.copier, runtime.client, read_input(args.input, sys.stdin),
+                            jobs=args.jobs, dry_run=args.dry_run)
         return run_serve(runtime)
     except ConfigError as exc:
         print(f"imgrep: configuration error: {exc}", file=sys.stderr)

@@ -35,7 +35,7 @@ from .manifest import Descriptor, parse_manifest
 from .registry import NOT_IMPLEMENTED, Manifest, RegistryClient, Repo
 from .retry import UPLOAD_RETRY, RetryPolicy
 
-__all__ = ["Copier", "CopyResult", "Progress", "BlobStats", "signature_tags", "LOOKUP_CONCURRENCY"]
+__all__ = ["Copier", "CopyResult", "Progress", "BlobStats", "Survey", "signature_tags", "LOOKUP_CONCURRENCY"]
 
 #: bytes read from the source per socket read; with the pool size this bounds memory
 READ_SIZE = 1024 * 1024
@@ -66,10 +66,14 @@ def signature_tags(digest: str) -> tuple[str, ...]:
 
 @dataclass
 class Progress:
-    """Counters a running copy updates and admission denials quote."""
+    """Counters a running copy updates and admission denials quote.
+
+    ``skipped_bytes`` are the part of ``done_bytes`` that did not travel (blobs the target
+    had, or mounted): a rate is measured on the rest."""
 
     total_bytes: int = 0
     done_bytes: int = 0
+    skipped_bytes: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def plan(self, size: int) -> None:
@@ -79,6 +83,11 @@ class Progress:
     def advance(self, count: int) -> None:
         with self._lock:
             self.done_bytes += count
+
+    def skip(self, count: int) -> None:
+        with self._lock:
+            self.done_bytes += count
+            self.skipped_bytes += count
 
     def describe(self) -> str:
         mib = 1024 * 1024
@@ -101,6 +110,21 @@ class _Image:
     tag: str
     manifests: list[Manifest]
     blobs: list[Descriptor]
+
+
+@dataclass(frozen=True)
+class Survey:
+    """What a copy of one image would do, found from manifests and HEADs alone."""
+
+    digest: str
+    #: the target holds the tag (or digest) at this digest already: nothing to do
+    present: bool = False
+    #: the target holds the digest under another name: only the tag would be pushed
+    held: bool = False
+    manifests: int = 0
+    #: the image's unique blobs, and the digests of those the target has already
+    blobs: tuple[Descriptor, ...] = ()
+    in_target: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -184,6 +208,24 @@ class Copier:
         if tag:
             self._put_tag(target, image, deadline)
         return CopyResult(digest, True, stats)
+
+    def survey(self, source: Repo, identifier: str, target: Repo, deadline: float, *, digest: str = "") -> Survey:
+        """What :meth:`copy` would move, asked the way it asks: the same HEADs, the same manifest
+        walk, then a HEAD per blob in the target. No blob is read and nothing is written.
+        Referrers are left out (they are looked up when the copy runs)."""
+        tag = "" if is_digest(identifier) else identifier
+        digest = digest or self.client.resolve(source, identifier, deadline).digest
+        if self._target_has(target, tag or digest, digest, deadline):
+            return Survey(digest, present=True)
+        if tag and self._held(target, digest, deadline) is not None:
+            return Survey(digest, held=True)
+        with _Tasks(self.lookups, self.clock, deadline, source) as lookups:
+            top = self._top_manifest(source, identifier, digest, deadline)
+            manifests, blobs = self._collect(lookups, source, top, deadline)
+            heads = [lookups.start(self.client.blob_exists, target, blob.digest, deadline) for blob in blobs]
+            there = lookups.results(heads)
+        return Survey(digest, manifests=len(manifests), blobs=tuple(blobs),
+                      in_target=frozenset(blob.digest for blob, held in zip(blobs, there) if held))
 
     def _put_manifests(self, target: Repo, image: _Image, deadline: float) -> None:
         for manifest in image.manifests:
@@ -330,7 +372,7 @@ class Copier:
             self._remember(blob.digest, target.repository)
             self.on_blob(result, blob.size if result == "copied" else 0)
             if result != "copied":
-                progress.advance(blob.size)
+                progress.skip(blob.size)
             return result
 
     def _copy_blob_once(self, source: Repo, target: Repo, blob: Descriptor, deadline: float,
