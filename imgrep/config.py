@@ -14,6 +14,7 @@ from typing import Callable, Mapping
 
 from .credentials import CredentialStore, normalise_registry
 from .errors import ConfigError
+from .kube_config import KubeSettings
 
 __all__ = ["Config", "TargetRegistry", "load_config", "DEFAULT_EXCLUDED_NAMESPACES"]
 
@@ -61,6 +62,8 @@ class Config:
     max_connections: int = 256
     #: blobs moved at once by the process-wide copy pool
     copy_concurrency: int = 4
+    #: cluster features: API access and pull secrets (README "Cluster features")
+    kube: KubeSettings = field(default_factory=KubeSettings)
 
     def summary(self) -> dict[str, object]:
         """Effective configuration for the start-up log: no secrets, only where they came from."""
@@ -83,6 +86,8 @@ class Config:
             "inventory_max": self.inventory_max,
             "inventory_file": self.inventory_file,
             "log_format": self.log_format,
+            "kubernetes_api": self.kube.mode,
+            "pull_secrets": self.kube.pull_secrets,
         }
 
 
@@ -216,4 +221,17 @@ def load_config(environ: Mapping[str, str], read_text: Callable[[str], str] = _r
         shutdown_delay_seconds=env.number("SHUTDOWN_DELAY_SECONDS", 2.0, minimum=0, maximum=60),
         max_connections=int(env.number("MAX_CONNECTIONS", 256, minimum=1, maximum=10_000, integer=True)),
         copy_concurrency=int(env.number("COPY_CONCURRENCY", 4, minimum=1, maximum=64, integer=True)),
+        kube=_kube(env),
+    )
+
+
+def _kube(env: _Reader) -> KubeSettings:
+    """The variables of the cluster features; the kubelet sets the two KUBERNETES_SERVICE_* itself."""
+    return KubeSettings(
+        mode=env.choice("KUBERNETES_API", "auto", ("auto", "off")),
+        service_host=env.raw("KUBERNETES_SERVICE_HOST"),
+        service_port=int(env.number("KUBERNETES_SERVICE_PORT", 443, minimum=1, maximum=65535, integer=True)),
+        kubeconfig=env.raw("KUBECONFIG"),
+        pull_secrets=env.boolean("PULL_SECRETS", True),
+        pull_secret_cache_seconds=env.number("PULL_SECRET_CACHE_SECONDS", 30, minimum=0, maximum=3600),
     )
