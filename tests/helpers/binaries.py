@@ -3,6 +3,7 @@ missing binary means a broken image rather than a developer's laptop."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 
@@ -17,4 +18,15 @@ def require_binary(name: str) -> str:
     reason = f"{name} not found on PATH"
     if os.environ.get("CI") == "true":
         pytest.fail(f"{reason} (CI=true: required binaries must be installed)")
+    pytest.skip(reason)
+
+
+def require_module(name: str):
+    """The imported module ``name``; otherwise skip the test, or fail it when CI=true."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        reason = f"Python package {name} is not installed (pip install -r requirements-dev.txt)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: test dependencies must be installed)")
     pytest.skip(reason)
