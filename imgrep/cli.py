@@ -30,12 +30,14 @@ from .errors import ConfigError, ImgrepError
 from .inventory import (SORT_KEYS, BadQuery, Inventory, entry_from_dict, parse_query, render_csv, render_json,
                         render_table)
 from .inventory_store import InventoryStore
+from .kube_client import connect
 from .logs import Logger
 from .reference import Reference, parse_reference
 from .registry import RegistryClient, Repo
 from .replicator import Replicator
 from .server import QUERY, App, CertificateReloader, HttpServer, Lifecycle
 from .telemetry import Telemetry
+from .tenant_credentials import PullSecretSource
 from .transport import Transport
 from .webhook import JSON, Webhook
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -278,12 +280,31 @@ class ListenError(ImgrepError):
     """A port that cannot be bound (in use, or privileged)."""
 
 
+def cluster_features(runtime: Runtime) -> tuple[PullSecretSource | None, dict[str, str]]:
+    """The features that need the Kubernetes API, and a word for each on why it is on or off."""
+    config = runtime.config
+    connection = connect(config.kube)
+    said = {"api": connection.description}
+    pull_secrets = None
+    if connection.client is None:
+        said["pull_secrets"] = "off: no API access"
+    elif not config.kube.pull_secrets:
+        said["pull_secrets"] = "off: PULL_SECRETS=false"
+    else:
+        pull_secrets = PullSecretSource(connection.client, runtime.transport, config.credentials, runtime.logger,
+                                        cache_seconds=config.kube.pull_secret_cache_seconds,
+                                        target_host=config.target.host if config.target else "")
+        said["pull_secrets"] = "on (needs get on secrets and serviceaccounts in the namespaces served)"
+    return pull_secrets, said
+
+
 def run_serve(runtime: Runtime) -> int:
     config, logger = runtime.config, runtime.logger
     lifecycle = Lifecycle()
+    pull_secrets, cluster = cluster_features(runtime)
     inventory, inventory_store = open_inventory(runtime)
     webhook = Webhook(config, runtime.checker, runtime.telemetry, logger, replicator=runtime.replicator,
-                      inventory=inventory, inventory_store=inventory_store)
+                      inventory=inventory, inventory_store=inventory_store, pull_secrets=pull_secrets)
 
     def metrics(_body, _headers):
         return 200, METRICS_CONTENT_TYPE, runtime.telemetry.render()
@@ -319,7 +340,7 @@ def run_serve(runtime: Runtime) -> int:
     health.serve_in_thread()
     server.serve_in_thread()
     lifecycle.ready = True
-    logger.info("started", version=__version__, config=config.summary())
+    logger.info("started", version=__version__, config=config.summary(), cluster=cluster)
     signal.sigwait(stop_signals)
     lifecycle.draining = True
     logger.info("draining", delay_seconds=config.shutdown_delay_seconds)

@@ -12,6 +12,8 @@ blobs are missing, and a later attempt reuses the blobs that already arrived.
 
 from __future__ import annotations
 
+import copy
+
 import random
 import threading
 import time
@@ -107,6 +109,13 @@ class Copier:
         self.on_blob = on_blob
         self._known: dict[str, str] = {}  # blob digest → target repository holding it
         self._known_lock = threading.Lock()
+
+    def with_client(self, client: RegistryClient) -> "Copier":
+        """This engine (pool, retry policy, known blob locations) speaking through another client:
+        one that holds a tenant's pull secret for the source."""
+        twin = copy.copy(self)
+        twin.client = client
+        return twin
 
     # -- whole images -------------------------------------------------------
 

@@ -22,6 +22,7 @@ from .logs import Logger
 from .policy import Decision, decide, too_many_images, triage
 from .replicator import Replicator
 from .telemetry import Telemetry
+from .tenant_credentials import PullSecretSource
 
 __all__ = ["Webhook", "JSON"]
 
@@ -50,6 +51,7 @@ class Webhook:
         inventory: Inventory | None = None,
         inventory_store: InventoryStore | None = None,
         wall_clock: Callable[[], float] = time.time,
+        pull_secrets: PullSecretSource | None = None,
     ):
         self.config = config
         self.checker = checker
@@ -60,6 +62,7 @@ class Webhook:
         self.inventory = inventory if inventory is not None else Inventory(config.inventory_max)
         self.inventory_store = inventory_store
         self.wall_clock = wall_clock
+        self.pull_secrets = pull_secrets
 
     def handle(self, body: bytes, content_type: str) -> tuple[int, bytes]:
         """(HTTP status, JSON body): 200 with an AdmissionReview, or 4xx with a one-line reason."""
@@ -91,10 +94,12 @@ class Webhook:
             return refused, []
         replicate = self.replicator is not None and not request.dry_run  # sideEffects: NoneOnDryRun
         reserve = self.config.admission_budget_seconds * TARGET_FALLBACK_SHARE if replicate else 0.0
-        results = self.checker.check_all(list(request.new_images), deadline - reserve)
+        # the namespace's pull secrets, for the images their registries cover (README "Pull secrets")
+        route = self.pull_secrets.route(request, deadline) if self.pull_secrets is not None else None
+        results = self.checker.check_all(list(request.new_images), deadline - reserve, route)
         self._count_checks(results)
         if replicate:
-            results = self.replicator.replicate_all(results, deadline)
+            results = self.replicator.replicate_all(results, deadline, route.copy_client if route else None)
         decision = decide(request, results, mode=self.config.mode, error_policy=self.config.registry_error_policy)
         return decision, results
 
