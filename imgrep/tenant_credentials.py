@@ -34,7 +34,10 @@ from .reference import Reference
 from .registry import RegistryClient
 from .transport import Transport
 
-__all__ = ["PullSecretSource", "TenantRoute"]
+__all__ = ["PullSecretSource", "TenantRoute", "PERMISSIONS"]
+
+#: the RBAC rules this feature needs, as (verb, API group, resource): what deploy/base/rbac.yaml grants
+PERMISSIONS = frozenset({("get", SECRETS.group, SECRETS.name), ("get", SERVICE_ACCOUNTS.group, SERVICE_ACCOUNTS.name)})
 
 #: Secrets and service accounts remembered (each for PULL_SECRET_CACHE_SECONDS)
 MAX_CACHED = 4096

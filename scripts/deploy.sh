@@ -8,14 +8,17 @@ case ${BASH_SOURCE[0]} in */*) script_dir=${BASH_SOURCE[0]%/*} ;; *) script_dir=
 # shellcheck source-path=SCRIPTDIR source=common.sh
 . "$script_dir/common.sh"
 
-usage="usage: deploy.sh [--dry-run] [--cert-dir DIR] [--image IMAGE] [-h|--help]
+usage="usage: deploy.sh [--dry-run] [--audit] [--cert-dir DIR] [--image IMAGE] [-h|--help]
 
   --dry-run        print the manifests that would be applied (TLS Secret included) and
                    touch no cluster; certificates are still made in the cert directory
+  --audit          install deploy/audit (development clusters: MODE=audit, failurePolicy
+                   Ignore, only imgrep's own namespace excluded)
   --cert-dir DIR   certificates to use, made there when absent (env CERT_DIR, default ./certs)
   --image IMAGE    the imgrep image to run (env IMAGE, default: the one in deploy/base)"
 
 dry_run=false
+manifests=$script_dir/../deploy
 cert_dir=${CERT_DIR:-./certs}
 image=${IMAGE:-}
 
@@ -24,6 +27,10 @@ while (($#)); do
     -h | --help) show_usage ;;
     --dry-run)
         dry_run=true
+        shift
+        ;;
+    --audit)
+        manifests=$script_dir/../deploy/audit
         shift
         ;;
     --cert-dir)
@@ -61,7 +68,7 @@ mkdir "$overlay"
 kubectl create secret tls "$APP-tls" --namespace "$NAMESPACE" \
     --cert "$cert_dir/tls.crt" --key "$cert_dir/tls.key" \
     --dry-run=client -o yaml >"$overlay/tls-secret.yaml"
-write_overlay "$overlay" "$script_dir/../deploy" "$image" tls-secret.yaml
+write_overlay "$overlay" "$manifests" "$image" tls-secret.yaml
 cat >>"$overlay/kustomization.yaml" <<YAML
   - target: {kind: ValidatingWebhookConfiguration, name: $APP}
     patch: |-
@@ -73,6 +80,7 @@ if $dry_run; then
     exit 0
 fi
 
+ensure_credentials_secret "$script_dir/../deploy/base/namespace.yaml"
 workload=$(write_workload_overlay "$overlay")
 kubectl apply -k "$workload"
 wait_for_rollout

@@ -8,8 +8,10 @@ import re
 
 import pytest
 
+from imgrep.tenant_credentials import PERMISSIONS
 from tests.deploy.kube import REPO, find, kustomize, offline_env, yaml_to_objects
 from tests.helpers.binaries import require_binary
+from tests.helpers.kubeapi import validate
 
 NAMESPACE = "image-replicator"
 APP = "image-replicator"
@@ -52,6 +54,11 @@ def with_cert_manager(kubectl, env) -> list[dict]:
     return kustomize(kubectl, REPO / "deploy" / "cert-manager", env)
 
 
+@pytest.fixture(scope="module")
+def audit(kubectl, env) -> list[dict]:
+    return kustomize(kubectl, REPO / "deploy" / "audit", env)
+
+
 @pytest.fixture(params=["plain", "with_cert_manager"])
 def built(request) -> list[dict]:
     """Checks that hold for both ways of installing."""
@@ -78,7 +85,7 @@ def webhook(objects: list[dict]) -> dict:
 
 
 def test_every_namespaced_object_is_in_the_imgrep_namespace(built):
-    cluster_scoped = {"Namespace", "ValidatingWebhookConfiguration"}
+    cluster_scoped = {"Namespace", "ValidatingWebhookConfiguration", "ClusterRole", "ClusterRoleBinding"}
     assert find(built, "Namespace", NAMESPACE)
     for obj in built:
         if obj["kind"] not in cluster_scoped:
@@ -109,7 +116,8 @@ def test_pod_is_locked_down(built):
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] != 0
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert pod["automountServiceAccountToken"] is False
+    # imgrep's own pod gets the token (pull secrets); other pods naming the account do not
+    assert pod["automountServiceAccountToken"] is True
     assert find(built, "ServiceAccount", pod["serviceAccountName"])["automountServiceAccountToken"] is False
     context = container(built)["securityContext"]
     assert context["readOnlyRootFilesystem"] is True
@@ -147,9 +155,15 @@ def test_tls_secret_is_mounted_where_the_server_reads_it(built):
     assert (settings["TLS_CERT_PATH"], settings["TLS_KEY_PATH"]) == ("/certs/tls.crt", "/certs/tls.key")
 
 
-def test_credentials_come_from_an_optional_secret(built):
-    (source,) = container(built)["envFrom"]
-    assert source["secretRef"] == {"name": "registry-credentials", "optional": True}
+def test_registry_credentials_are_a_mounted_file_never_environment_variables(built):
+    assert "envFrom" not in container(built)
+    assert not [e for e in container(built)["env"] if "valueFrom" in e]
+    pod = find(built, "Deployment", APP)["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == "registry-dockerconfig"]
+    assert "optional" not in volume["secret"]  # the install scripts create it empty when it is missing
+    (mount,) = [m for m in container(built)["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount["readOnly"] is True
+    assert env_values(built)["DOCKER_CONFIG_PATH"] == f"{mount['mountPath']}/.dockerconfigjson"
 
 
 def test_only_the_inventory_directory_is_writable(built):
@@ -255,29 +269,14 @@ def test_cert_manager_injects_the_ca_of_the_serving_certificate(with_cert_manage
     assert name == "image-replicator-cert"
 
 
-def test_example_credentials_secret_shows_both_formats(kubectl, env):
-    path = REPO / "deploy" / "secret-credentials.yaml"
-    text = path.read_text()
-    (secret,) = yaml_to_objects(kubectl, text, env)
-    assert (secret["kind"], secret["metadata"]["name"]) == ("Secret", "registry-credentials")
-    assert secret["metadata"]["namespace"] == NAMESPACE
-    data = secret["stringData"]
-    auths = json.loads(data["DOCKER_CONFIG_JSON"])["auths"]
+def test_example_credentials_secret_is_the_mounted_dockerconfigjson(kubectl, env, plain):
+    (secret,) = yaml_to_objects(kubectl, (REPO / "deploy" / "secret-credentials.yaml").read_text(), env)
+    assert (secret["kind"], secret["type"]) == ("Secret", "kubernetes.io/dockerconfigjson")
+    assert (secret["metadata"]["name"], secret["metadata"]["namespace"]) == ("registry-dockerconfig", NAMESPACE)
+    auths = json.loads(secret["stringData"][".dockerconfigjson"])["auths"]
     assert auths and all({"username", "password"} <= set(entry) for entry in auths.values())
-    names = {m.group(1) for key in data if (m := re.fullmatch(r"REGISTRY_(\w+)_URL", key))}
-    assert names and all({f"REGISTRY_{n}_USERNAME", f"REGISTRY_{n}_PASSWORD"} <= set(data) for n in names)
-    assert set(data) <= KNOWN_SETTINGS | {k for k in data if k.startswith("REGISTRY_")}
-    # The dockerconfigjson alternative is commented out: its Secret is named where it is mounted.
-    assert "type: kubernetes.io/dockerconfigjson" in text and "name: registry-dockerconfig" in text
-    assert "DOCKER_CONFIG_PATH: /etc/imgrep/docker/.dockerconfigjson" in text
-
-
-def test_dockerconfigjson_secret_is_mounted_where_the_example_points(plain):
     pod = find(plain, "Deployment", APP)["spec"]["template"]["spec"]
-    (volume,) = [v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == "registry-dockerconfig"]
-    assert volume["secret"]["optional"] is True
-    (mount,) = [m for m in container(plain)["volumeMounts"] if m["name"] == volume["name"]]
-    assert mount["mountPath"] == "/etc/imgrep/docker"
+    assert secret["metadata"]["name"] in {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
 
 
 def test_dockerfile_builds_with_the_runtime_python_and_runs_the_zipapp_as_non_root(plain):
@@ -295,3 +294,73 @@ def test_dockerfile_builds_with_the_runtime_python_and_runs_the_zipapp_as_non_ro
     user = instructions["USER"].split(":")[0]
     pod = find(plain, "Deployment", APP)["spec"]["template"]["spec"]
     assert user.isdigit() and int(user) == pod["securityContext"]["runAsUser"] != 0
+
+
+# --- every variant against the official schemas ------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["plain", "with_cert_manager", "audit"])
+def test_every_variant_passes_strict_schema_validation(request, variant):
+    """Strict: an unknown or misplaced field fails. cert-manager's kinds are CRDs with no schema there."""
+    objects = request.getfixturevalue(variant)
+    unchecked = []
+    for obj in objects:
+        if obj["apiVersion"].startswith("cert-manager.io/"):
+            unchecked.append(obj["kind"])
+            continue
+        validate(obj)
+    assert set(unchecked) <= {"Issuer", "Certificate"}
+    assert bool(unchecked) == (variant == "with_cert_manager")
+
+
+# --- what imgrep may do with the API -----------------------------------------------------
+
+
+def rules_of(objects: list[dict]) -> set[tuple[str, str, str]]:
+    """(verb, group, resource) granted to imgrep's service account through any binding."""
+    roles = {(o["kind"], o["metadata"]["name"]): o for o in objects if o["kind"] in ("Role", "ClusterRole")}
+    granted = set()
+    for binding in (o for o in objects if o["kind"] in ("RoleBinding", "ClusterRoleBinding")):
+        assert {"kind": "ServiceAccount", "name": APP, "namespace": NAMESPACE} in binding["subjects"]
+        role = roles[(binding["roleRef"]["kind"], binding["roleRef"]["name"])]
+        for rule in role["rules"]:
+            assert "resourceNames" not in rule and "nonResourceURLs" not in rule
+            granted |= {(verb, group, resource) for verb in rule["verbs"] for group in rule["apiGroups"]
+                        for resource in rule["resources"]}
+    return granted
+
+
+@pytest.mark.parametrize("variant", ["plain", "with_cert_manager", "audit"])
+def test_rbac_grants_exactly_what_the_cluster_features_use(request, variant):
+    """No wildcard, no list or watch of Secrets: the pull-secret feature's own declared needs, no more."""
+    granted = rules_of(request.getfixturevalue(variant))
+    assert granted == PERMISSIONS
+    assert not any("*" in part for rule in granted for part in rule)
+
+
+def test_network_policy_lets_the_api_server_in_and_keeps_metadata_services_out(built):
+    policy = find(built, "NetworkPolicy", APP)["spec"]
+    assert policy["podSelector"] == {"matchLabels": {"app": APP}}
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
+    webhook_rule, health_rule = policy["ingress"]
+    assert "from" not in webhook_rule and [p["port"] for p in webhook_rule["ports"]] == ["webhook"]
+    assert health_rule["from"] == [{"namespaceSelector": {}}] and [p["port"] for p in health_rule["ports"]] == ["health"]
+    blocks = {peer["ipBlock"]["cidr"]: set(peer["ipBlock"]["except"]) for peer in policy["egress"][0]["to"]}
+    assert blocks == {"0.0.0.0/0": {"169.254.0.0/16"}, "::/0": {"fe80::/10", "fd00:ec2::254/128"}}
+
+
+# --- the development-cluster variant -----------------------------------------------------
+
+
+def test_audit_variant_sees_kube_system_and_never_blocks(audit, plain):
+    settings = env_values(audit)
+    assert settings["MODE"] == "audit"
+    hook = webhook(audit)
+    assert hook["failurePolicy"] == "Ignore"
+    (namespaces,) = hook["namespaceSelector"]["matchExpressions"]
+    # only imgrep's own namespace, so that it can always restart itself; kube-system's images are seen
+    assert namespaces["values"] == [NAMESPACE]
+    assert settings["EXCLUDED_NAMESPACES"].split(",") == namespaces["values"]
+    assert webhook(plain)["failurePolicy"] == "Fail" and env_values(plain)["MODE"] == "enforce"
+    unchanged = {k: v for k, v in settings.items() if k not in ("MODE", "EXCLUDED_NAMESPACES")}
+    assert unchanged == {k: v for k, v in env_values(plain).items() if k not in ("MODE", "EXCLUDED_NAMESPACES")}

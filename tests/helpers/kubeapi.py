@@ -108,6 +108,7 @@ class Seen:
     query: str
     user: str
     verb: str
+    group: str
     resource: str
     namespace: str
     name: str
@@ -290,14 +291,14 @@ class FakeKubeAPI:
         parts = urlsplit(target)
         query = parse_qs(parts.query)
         user = ""
-        seen = dict(method=method, path=parts.path, query=parts.query, user="", verb="", resource="", namespace="",
-                    name="")
+        seen = dict(method=method, path=parts.path, query=parts.query, user="", verb="", group="", resource="",
+                    namespace="", name="")
         try:
             user = self._authenticate(headers.get("Authorization", ""), peer_cn)
             seen["user"] = user
             group, resource, namespace, name = _route(parts.path)
             verb = {"GET": "get" if name else "list", "POST": "create", "PUT": "update", "DELETE": "delete"}.get(method)
-            seen.update(verb=verb or method, resource=resource, namespace=namespace, name=name)
+            seen.update(verb=verb or method, group=group, resource=resource, namespace=namespace, name=name)
             if verb is None or (verb == "create" and name) or (verb in ("update", "delete") and not name):
                 raise _Refusal(405, status(405, "MethodNotAllowed", "the server does not allow this method on "
                                                                     "the requested resource"))

@@ -14,6 +14,7 @@ import pytest
 from imgrep.cli import build_runtime, cluster_features
 from imgrep.config import load_config
 from imgrep.logs import Logger
+from imgrep.tenant_credentials import PERMISSIONS
 from imgrep.webhook import Webhook
 from tests.helpers.engine import unique
 from tests.helpers.images import make_image, push_image
@@ -90,10 +91,12 @@ class Cluster:
 def api(tmp_path):
     with FakeKubeAPI(tmp_path / "api") as fake:
         for namespace in ("team-a", "team-b"):
-            fake.grant(ACCOUNT, "get", "secrets", namespace)
-            fake.grant(ACCOUNT, "get", "serviceaccounts", namespace)
+            for verb, group, resource in PERMISSIONS:
+                fake.grant(ACCOUNT, verb, resource, namespace, group=group)
         yield fake
         fake.assert_schemas_ok()
+        # what the feature did is what it declares, so the shipped RBAC (checked against PERMISSIONS) fits it
+        assert {(seen.verb, seen.group, seen.resource) for seen in fake.requests} <= PERMISSIONS
 
 
 @pytest.fixture
