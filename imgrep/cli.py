@@ -30,7 +30,8 @@ from .errors import ConfigError, ImgrepError
 from .inventory import (SORT_KEYS, BadQuery, Inventory, entry_from_dict, parse_query, render_csv, render_json,
                         render_table)
 from .inventory_store import InventoryStore
-from .kube_client import connect
+from .cluster_inventory import ClusterInventory
+from .kube_client import KubeClient, connect
 from .logs import Logger
 from .reference import Reference, parse_reference
 from .registry import RegistryClient, Repo
@@ -280,31 +281,54 @@ class ListenError(ImgrepError):
     """A port that cannot be bound (in use, or privileged)."""
 
 
-def cluster_features(runtime: Runtime) -> tuple[PullSecretSource | None, dict[str, str]]:
-    """The features that need the Kubernetes API, and a word for each on why it is on or off."""
+@dataclass(frozen=True)
+class ClusterFeatures:
+    """What needs the Kubernetes API, and a word for each on why it is on or off (the start-up line)."""
+
+    kube: KubeClient | None
+    pull_secrets: PullSecretSource | None
+    said: dict[str, str]
+
+
+def cluster_features(runtime: Runtime) -> ClusterFeatures:
     config = runtime.config
     connection = connect(config.kube)
     said = {"api": connection.description}
     pull_secrets = None
     if connection.client is None:
-        said["pull_secrets"] = "off: no API access"
-    elif not config.kube.pull_secrets:
+        said["pull_secrets"] = said["cluster_inventory"] = "off: no API access"
+        return ClusterFeatures(None, None, said)
+    if not config.kube.pull_secrets:
         said["pull_secrets"] = "off: PULL_SECRETS=false"
     else:
         pull_secrets = PullSecretSource(connection.client, runtime.transport, config.credentials, runtime.logger,
                                         cache_seconds=config.kube.pull_secret_cache_seconds,
                                         target_host=config.target.host if config.target else "")
         said["pull_secrets"] = "on (needs get on secrets and serviceaccounts in the namespaces served)"
-    return pull_secrets, said
+    interval = config.kube.cluster_inventory_seconds
+    said["cluster_inventory"] = (f"on, every {interval:g} s (needs list on pods cluster-wide)" if interval
+                                 else "off: CLUSTER_INVENTORY_SECONDS=0")
+    return ClusterFeatures(connection.client, pull_secrets, said)
+
+
+def start_cluster_inventory(runtime: Runtime, features: ClusterFeatures, inventory: Inventory,
+                            store: InventoryStore | None) -> ClusterInventory | None:
+    interval = runtime.config.kube.cluster_inventory_seconds
+    if features.kube is None or not interval:
+        return None
+    watcher = ClusterInventory(features.kube, inventory, runtime.logger, runtime.telemetry, interval=interval,
+                               store=store)
+    watcher.start()
+    return watcher
 
 
 def run_serve(runtime: Runtime) -> int:
     config, logger = runtime.config, runtime.logger
     lifecycle = Lifecycle()
-    pull_secrets, cluster = cluster_features(runtime)
+    cluster = cluster_features(runtime)
     inventory, inventory_store = open_inventory(runtime)
     webhook = Webhook(config, runtime.checker, runtime.telemetry, logger, replicator=runtime.replicator,
-                      inventory=inventory, inventory_store=inventory_store, pull_secrets=pull_secrets)
+                      inventory=inventory, inventory_store=inventory_store, pull_secrets=cluster.pull_secrets)
 
     def metrics(_body, _headers):
         return 200, METRICS_CONTENT_TYPE, runtime.telemetry.render()
@@ -340,7 +364,8 @@ def run_serve(runtime: Runtime) -> int:
     health.serve_in_thread()
     server.serve_in_thread()
     lifecycle.ready = True
-    logger.info("started", version=__version__, config=config.summary(), cluster=cluster)
+    logger.info("started", version=__version__, config=config.summary(), cluster=cluster.said)
+    watcher = start_cluster_inventory(runtime, cluster, inventory, inventory_store)
     signal.sigwait(stop_signals)
     lifecycle.draining = True
     logger.info("draining", delay_seconds=config.shutdown_delay_seconds)
@@ -348,6 +373,8 @@ def run_serve(runtime: Runtime) -> int:
     # an answer in progress needs at most the admission budget
     server.drain(grace=config.admission_budget_seconds + 2)
     health.drain(grace=1)
+    if watcher is not None:
+        watcher.stop()
     if inventory_store is not None:
         inventory_store.close()
     logger.info("stopped")

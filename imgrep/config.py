@@ -227,6 +227,9 @@ def load_config(environ: Mapping[str, str], read_text: Callable[[str], str] = _r
 
 def _kube(env: _Reader) -> KubeSettings:
     """The variables of the cluster features; the kubelet sets the two KUBERNETES_SERVICE_* itself."""
+    listing = env.number("CLUSTER_INVENTORY_SECONDS", 300, minimum=0, maximum=86_400)
+    if 0 < listing < 10:
+        raise ConfigError("CLUSTER_INVENTORY_SECONDS", f"0 (off) or at least 10, got {listing:g}")
     return KubeSettings(
         mode=env.choice("KUBERNETES_API", "auto", ("auto", "off")),
         service_host=env.raw("KUBERNETES_SERVICE_HOST"),
@@ -234,4 +237,5 @@ def _kube(env: _Reader) -> KubeSettings:
         kubeconfig=env.raw("KUBECONFIG"),
         pull_secrets=env.boolean("PULL_SECRETS", True),
         pull_secret_cache_seconds=env.number("PULL_SECRET_CACHE_SECONDS", 30, minimum=0, maximum=3600),
+        cluster_inventory_seconds=listing,
     )

@@ -63,6 +63,8 @@ class KubeSettings:
     pull_secrets: bool = True
     #: ``PULL_SECRET_CACHE_SECONDS``: how long a Secret or ServiceAccount read is trusted
     pull_secret_cache_seconds: float = 30.0
+    #: ``CLUSTER_INVENTORY_SECONDS``: how often every namespace's pods are listed into the inventory; 0: never
+    cluster_inventory_seconds: float = 300.0
 
 
 @dataclass(frozen=True)

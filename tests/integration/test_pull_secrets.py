@@ -3,7 +3,6 @@ fake holding the namespaces' Secrets, and the webhook wired the way ``serve`` wi
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import io
 import json
@@ -19,23 +18,10 @@ from imgrep.webhook import Webhook
 from tests.helpers.engine import unique
 from tests.helpers.images import make_image, push_image
 from tests.helpers.kubeapi import FakeKubeAPI
+from tests.helpers.kubeobjects import b64, pull_secret, write_kubeconfig_json
 from tests.helpers.skopeo import inspect_raw
 
 ACCOUNT = "system:serviceaccount:image-replicator:image-replicator"
-
-
-def b64(data: str | bytes) -> str:
-    return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
-
-
-def pull_secret(namespace: str, name: str, host: str, user: str, password: str, *, legacy: bool = False) -> dict:
-    entry = {"auth": b64(f"{user}:{password}")}
-    if legacy:
-        kind, key, payload = "kubernetes.io/dockercfg", ".dockercfg", {host: entry}
-    else:
-        kind, key, payload = "kubernetes.io/dockerconfigjson", ".dockerconfigjson", {"auths": {host: entry}}
-    return {"apiVersion": "v1", "kind": "Secret", "type": kind, "metadata": {"name": name, "namespace": namespace},
-            "data": {key: b64(json.dumps(payload))}}
 
 
 def review(kind: str, namespace: str, image: str, *, secrets: tuple[str, ...] = (), account: str = "") -> bytes:
@@ -57,18 +43,13 @@ class Cluster:
     """A webhook whose pull secrets come from the API fake through a kubeconfig, as ``serve`` builds it."""
 
     def __init__(self, api: FakeKubeAPI, tmp_path, registry, **settings: str):
-        kubeconfig = tmp_path / "kubeconfig.json"
-        kubeconfig.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-            "clusters": [{"name": "fake", "cluster": {"server": api.url, "certificate-authority": str(api.ca)}}],
-            "users": [{"name": "imgrep", "user": {"tokenFile": str(api.token_file)}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "imgrep"}}],
-        }))
+        kubeconfig = write_kubeconfig_json(api, tmp_path / "kubeconfig.json")
         environ = {"KUBECONFIG": str(kubeconfig), "INSECURE_REGISTRIES": registry.host, **settings}
         self.log = io.StringIO()
         self.runtime = build_runtime(load_config(environ))
         self.runtime = dataclasses.replace(self.runtime, logger=Logger("json", stream=self.log))
-        self.pull_secrets, self.said = cluster_features(self.runtime)
+        features = cluster_features(self.runtime)
+        self.pull_secrets, self.said = features.pull_secrets, features.said
         self.webhook = Webhook(self.runtime.config, self.runtime.checker, self.runtime.telemetry, self.runtime.logger,
                                replicator=self.runtime.replicator, pull_secrets=self.pull_secrets)
         self.answers: list[bytes] = []
