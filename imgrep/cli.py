@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import ssl
 import sys
 import threading
@@ -31,6 +32,7 @@ from .inventory import (SORT_KEYS, BadQuery, Inventory, entry_from_dict, parse_q
                         render_table)
 from .inventory_store import InventoryStore
 from .cluster_inventory import ClusterInventory
+from .copy_leases import CopyLeases
 from .kube_client import KubeClient, connect
 from .logs import Logger
 from .reference import Reference, parse_reference
@@ -296,7 +298,7 @@ def cluster_features(runtime: Runtime) -> ClusterFeatures:
     said = {"api": connection.description}
     pull_secrets = None
     if connection.client is None:
-        said["pull_secrets"] = said["cluster_inventory"] = "off: no API access"
+        said["pull_secrets"] = said["cluster_inventory"] = said["copy_leases"] = "off: no API access"
         return ClusterFeatures(None, None, said)
     if not config.kube.pull_secrets:
         said["pull_secrets"] = "off: PULL_SECRETS=false"
@@ -308,6 +310,18 @@ def cluster_features(runtime: Runtime) -> ClusterFeatures:
     interval = config.kube.cluster_inventory_seconds
     said["cluster_inventory"] = (f"on, every {interval:g} s (needs list on pods cluster-wide)" if interval
                                  else "off: CLUSTER_INVENTORY_SECONDS=0")
+    if runtime.replicator is None:
+        said["copy_leases"] = "off: TARGET_REGISTRY is not set"
+    elif not config.kube.copy_leases:
+        said["copy_leases"] = "off: COPY_LEASES=false"
+    else:
+        namespace = config.kube.pod_namespace or connection.client.namespace or "image-replicator"
+        identity = config.kube.pod_name or socket.gethostname()
+        leases = CopyLeases(connection.client, namespace, identity, runtime.logger,
+                            duration=config.kube.copy_lease_seconds)
+        runtime.replicator.exclusive = leases.exclusive
+        said["copy_leases"] = (f"on, as {identity} in namespace {namespace} (needs get, create, update, delete "
+                               "on leases there)")
     return ClusterFeatures(connection.client, pull_secrets, said)
 
 

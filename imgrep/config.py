@@ -238,4 +238,8 @@ def _kube(env: _Reader) -> KubeSettings:
         pull_secrets=env.boolean("PULL_SECRETS", True),
         pull_secret_cache_seconds=env.number("PULL_SECRET_CACHE_SECONDS", 30, minimum=0, maximum=3600),
         cluster_inventory_seconds=listing,
+        copy_leases=env.boolean("COPY_LEASES", True),
+        copy_lease_seconds=int(env.number("COPY_LEASE_SECONDS", 15, minimum=2, maximum=300, integer=True)),
+        pod_name=env.raw("POD_NAME"),
+        pod_namespace=env.raw("POD_NAMESPACE"),
     )

@@ -65,6 +65,14 @@ class KubeSettings:
     pull_secret_cache_seconds: float = 30.0
     #: ``CLUSTER_INVENTORY_SECONDS``: how often every namespace's pods are listed into the inventory; 0: never
     cluster_inventory_seconds: float = 300.0
+    #: ``COPY_LEASES``: with TARGET_REGISTRY, one replica copies an image while the others wait (Leases)
+    copy_leases: bool = True
+    #: ``COPY_LEASE_SECONDS``: how long a copy Lease lasts unrenewed before another replica takes it over
+    copy_lease_seconds: int = 15
+    #: ``POD_NAME`` / ``POD_NAMESPACE``: who holds a Lease, and where Leases live (default: the host name,
+    #: and the service account's namespace, else image-replicator)
+    pod_name: str = ""
+    pod_namespace: str = ""
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,8 @@ class Replicator:
         self.remember_seconds = remember_seconds
         self.clock = clock
         self.on_done = on_done
+        #: runs a copy while no other replica copies the same image (``copy_leases``); set before serving
+        self.exclusive: Callable[[str, float, Callable[[], CopyResult]], CopyResult] | None = None
         self._jobs: dict[str, _Job] = {}
         self._failures: dict[str, _Failure] = {}
         self._replicated: TTLCache[str] = TTLCache(MAX_REMEMBERED)
@@ -154,9 +156,12 @@ class Replicator:
         started = self.clock()
         # copy the digest the admission check saw and tag it, so the tag in the
         # target names exactly what was admitted even if the source tag moves meanwhile
+        def copy() -> CopyResult:
+            return copier.copy(Repo(ref.api_host, ref.repository), ref.identifier, self.target_repo(ref),
+                               started + self.timeout, progress, digest=digest)
+
         try:
-            result = copier.copy(Repo(ref.api_host, ref.repository), ref.identifier, self.target_repo(ref),
-                                      started + self.timeout, progress, digest=digest)
+            result = self.exclusive(key, started + self.timeout, copy) if self.exclusive else copy()
         except Exception as exc:  # the job's boundary: every failure is reported, then retried after backoff
             reason = _failure_reason(exc)
             with self._lock:

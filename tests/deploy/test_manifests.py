@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from imgrep import cluster_inventory, tenant_credentials
+from imgrep import cluster_inventory, copy_leases, tenant_credentials
 from tests.deploy.kube import REPO, find, kustomize, offline_env, yaml_to_objects
 from tests.helpers.binaries import require_binary
 from tests.helpers.kubeapi import validate
@@ -320,8 +320,12 @@ def rules_of(objects: list[dict]) -> set[tuple[str, str, str]]:
     roles = {(o["kind"], o["metadata"]["name"]): o for o in objects if o["kind"] in ("Role", "ClusterRole")}
     granted = set()
     for binding in (o for o in objects if o["kind"] in ("RoleBinding", "ClusterRoleBinding")):
+        if binding["kind"] == "RoleBinding":  # a Role grants in imgrep's own namespace only
+            assert binding["metadata"]["namespace"] == NAMESPACE and binding["roleRef"]["kind"] == "Role"
         assert {"kind": "ServiceAccount", "name": APP, "namespace": NAMESPACE} in binding["subjects"]
         role = roles[(binding["roleRef"]["kind"], binding["roleRef"]["name"])]
+        if role["kind"] == "ClusterRole":  # only the cluster-wide reads; writes stay in imgrep's namespace
+            assert all(set(rule["verbs"]) <= {"get", "list"} for rule in role["rules"])
         for rule in role["rules"]:
             assert "resourceNames" not in rule and "nonResourceURLs" not in rule
             granted |= {(verb, group, resource) for verb in rule["verbs"] for group in rule["apiGroups"]
@@ -334,7 +338,7 @@ def test_rbac_grants_exactly_what_the_cluster_features_use(request, variant):
     """No wildcard, no list or watch of Secrets: what each feature declares it needs, no more (the
     features' integration tests hold each to its declaration)."""
     granted = rules_of(request.getfixturevalue(variant))
-    assert granted == tenant_credentials.PERMISSIONS | cluster_inventory.PERMISSIONS
+    assert granted == tenant_credentials.PERMISSIONS | cluster_inventory.PERMISSIONS | copy_leases.PERMISSIONS
     assert not any("*" in part for rule in granted for part in rule)
 
 

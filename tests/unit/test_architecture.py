@@ -17,13 +17,13 @@ PACKAGE = Path(__file__).resolve().parents[2] / "imgrep"
 PURE_CORE = frozenset({
     "errors", "reference", "digest", "manifest", "protocol", "auth", "admission", "policy", "results",
     "cache", "retry", "metrics", "config", "credentials", "netpolicy", "inventory",
-    "miniyaml", "kube_config", "kube_api", "pullsecrets", "running",
+    "miniyaml", "kube_config", "kube_api", "pullsecrets", "running", "leases",
 })
 #: the I/O edge, named so that a violation message says what was reached for
 EDGE = frozenset({
     "transport", "registry", "server", "cli", "webhook", "checker", "telemetry", "procstats",
     "replicator", "copier", "logs", "inventory_store", "bulkhead", "kube_client",
-    "tenant_credentials", "cluster_inventory",
+    "tenant_credentials", "cluster_inventory", "copy_leases",
 })
 FORBIDDEN_STDLIB = frozenset({"http.client", "http.server", "socket", "ssl", "urllib.request", "subprocess"})
 
