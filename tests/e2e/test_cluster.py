@@ -3,19 +3,26 @@ private image admitted with its pull secret, and kube-system's DaemonSet image i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from tests.e2e.reviews import assert_denied, decide, review, workload
+from tests.helpers.engine import unique
+from tests.helpers.faultproxy import Fault, FaultProxy
+from tests.helpers.images import make_image, push_image
 from tests.helpers.kubeapi import FakeKubeAPI
 from tests.helpers.kubeobjects import pull_secret, running_pod, write_kubeconfig_json
+from tests.helpers.registry import RegistryServer
+from tests.helpers.skopeo import inspect_raw
 
 CALICO = "quay.io/calico/node:v3.28.0"
 CALICO_DIGEST = "sha256:" + "c" * 64
 
-WAIT_SECONDS = 15
+WAIT_SECONDS = 60
 
 
 def with_pull_secret(obj: dict, name: str) -> dict:
@@ -75,3 +82,76 @@ def test_a_cluster_aware_webhook(start_webhook, api, tmp_path, registry_basic, p
     later = decide(hook, review(with_pull_secret(workload("Pod", [private], namespace="team-b"), "team-b-pull")))
     assert later["allowed"] is True, later
     assert password not in hook.output()
+
+
+# --- two replicas, one API server: one copy per image ------------------------------------------
+
+
+@pytest.fixture
+def lease_api(tmp_path):
+    with FakeKubeAPI(tmp_path / "lease-api") as fake:
+        for verb in ("get", "create", "update", "delete"):
+            fake.grant(fake.service_account_user, verb, "leases", "image-replicator", group="coordination.k8s.io")
+        yield fake
+        fake.assert_schemas_ok()
+
+
+@pytest.fixture
+def pair(start_webhook, lease_api, tmp_path):
+    """Two replicating webhooks against one API fake, a slow source behind a proxy, a fresh target."""
+    with RegistryServer() as source, RegistryServer() as target, FaultProxy(source.host) as proxy:
+        kubeconfig = str(write_kubeconfig_json(lease_api, tmp_path / "kubeconfig"))
+
+        def replica(name: str, **env: str):
+            return start_webhook(KUBECONFIG=kubeconfig, POD_NAME=name, POD_NAMESPACE="image-replicator",
+                                 TARGET_REGISTRY=f"{target.host}/mirror", COPY_LEASE_SECONDS="3",
+                                 INSECURE_REGISTRIES=f"{proxy.host},{target.host}", PULL_SECRETS="false",
+                                 CLUSTER_INVENTORY_SECONDS="0", **env)
+
+        yield source, target, proxy, replica
+
+
+def uploads_and_tags(target, mark: int, repo: str) -> tuple[int, int]:
+    requests = target.requests_since(mark)
+    return (len([r for r in requests if r.method == "POST" and "/blobs/uploads/" in r.path]),
+            len([r for r in requests if r.method == "PUT" and r.path == f"/v2/mirror/{repo}/manifests/v1"]))
+
+
+def test_ten_admissions_split_across_two_replica_processes_copy_the_image_once(pair):
+    source, target, proxy, replica = pair
+    repo = unique("split")
+    push_image(source, repo, "v1", make_image(layers=3, layer_size=1_000_000, seed=repo))
+    proxy.arm(Fault("slow", path_contains="/blobs/", methods=("GET",), rate=2_000_000))
+    hooks = [replica("replica-a", ADMISSION_BUDGET_SECONDS="20"), replica("replica-b", ADMISSION_BUDGET_SECONDS="20")]
+    mark = target.mark()
+    image = f"{proxy.host}/{repo}:v1"
+    with ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(lambda n: decide(hooks[n % 2], review(workload("Pod", [image]))), range(10)))
+    assert all(answer["allowed"] for answer in answers), answers
+    assert uploads_and_tags(target, mark, repo) == (4, 1)  # three layers and a config, one tag
+
+
+def test_a_lease_holder_killed_mid_copy_is_taken_over_by_the_other_replica(pair, lease_api):
+    source, target, proxy, replica = pair
+    repo = unique("killed")
+    image_made = make_image(layers=3, layer_size=3_000_000, seed=repo)
+    push_image(source, repo, "v1", image_made)
+    proxy.arm(Fault("slow", path_contains="/blobs/", methods=("GET",), rate=1_000_000))
+    first, second = replica("replica-a", ADMISSION_BUDGET_SECONDS="1"), replica("replica-b")
+    image = f"{proxy.host}/{repo}:v1"
+
+    assert_denied(decide(first, review(workload("Pod", [image]))), "replicating, retry shortly")
+    leases = wait_for(lambda: lease_api.objects("leases", group="coordination.k8s.io"), "copy Lease", first)
+    assert leases[0]["spec"]["holderIdentity"] == "replica-a"
+    first.process.kill()  # mid-copy: no release, no renewal
+    first.process.wait(timeout=10)
+
+    def admitted():
+        answer = decide(second, review(workload("Pod", [image])))
+        return answer if answer["allowed"] else time.sleep(0.5)
+    wait_for(admitted, "admission after the take-over", second)
+    assert any(record["event"] == "copy_lease_taken_over" and record["previous_holder"] == "replica-a"
+               for record in second.log_records())
+    raw = inspect_raw(f"docker://{target.host}/mirror/{repo}:v1")
+    assert "sha256:" + hashlib.sha256(raw).hexdigest() == image_made.digest
+    assert lease_api.objects("leases", group="coordination.k8s.io") == []
