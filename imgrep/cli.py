@@ -33,6 +33,7 @@ from .inventory import (SORT_KEYS, BadQuery, Inventory, entry_from_dict, parse_q
 from .inventory_store import InventoryStore
 from .cluster_inventory import ClusterInventory
 from .copy_leases import CopyLeases
+from .replica_inventory import run_replica_inventory
 from .kube_client import KubeClient, connect
 from .logs import Logger
 from .reference import Reference, parse_reference
@@ -78,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
                            help="most recent first, most admissions first, or by registry (default: %(default)s)")
     inventory.add_argument("--namespace", help="only images seen in this namespace (comma list: any of them)")
     inventory.add_argument("--registry", help="only images from this registry host (comma list: any of them)")
+    inventory.add_argument("--replicas", action="store_true",
+                           help="every replica's inventory merged, found and asked through the Kubernetes API "
+                                "(KUBECONFIG or ~/.kube/config, or in-cluster)")
+    inventory.add_argument("--replica-namespace", default="image-replicator", metavar="NAMESPACE",
+                           help="where the replicas run, with --replicas (default: %(default)s)")
     inventory.add_argument("--status", help="only images with this status: exists, missing, error, replicated "
                                             "or unchecked (comma list: any of them)")
     return parser
@@ -402,10 +408,16 @@ def run_serve(runtime: Runtime) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "inventory":  # a plain HTTP client: the webhook's environment is not needed
-        return run_inventory(args.url, args.sort,
-                             {"namespace": args.namespace, "registry": args.registry, "status": args.status})
+    filters = {"namespace": getattr(args, "namespace", None), "registry": getattr(args, "registry", None),
+               "status": getattr(args, "status", None)}
+    if args.command == "inventory" and not args.replicas:  # a plain HTTP client: no environment needed
+        return run_inventory(args.url, args.sort, filters)
     try:
+        if args.command == "inventory":
+            connection = connect(load_config(os.environ).kube, allow_default_kubeconfig=True)
+            if connection.client is None:
+                raise ConfigError("KUBECONFIG", f"--replicas needs the Kubernetes API: {connection.description}")
+            return run_replica_inventory(connection.client, args.replica_namespace, args.sort, filters)
         runtime = build_runtime(load_config(os.environ))
         if args.command == "check":
             return run_check(runtime, args.images)

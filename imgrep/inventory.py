@@ -39,6 +39,7 @@ __all__ = [
     "entry_from_line",
     "entry_from_dict",
     "sort_entries",
+    "merge_views",
     "UNCHECKED",
     "STATUSES",
     "FIELDS",
@@ -139,6 +140,12 @@ def _name_parts(image: str) -> tuple[str, str, str, str]:
     except InvalidReference:
         return "", "", "", ""
     return reference.registry, reference.repository, reference.tag or "", reference.digest or ""
+
+
+def _with_namespaces(have: frozenset[str], more: frozenset[str]) -> frozenset[str]:
+    """``have`` and as many of ``more`` as MAX_NAMESPACES leaves room for (first by name)."""
+    room = max(0, MAX_NAMESPACES - len(have))
+    return have | frozenset(sorted(more - have)[:room]) if room and not more <= have else have
 
 
 def _status(previous: Entry | None, result: CheckResult | None, invalid: bool) -> str:
@@ -251,8 +258,7 @@ class Inventory:
             return Entry(image, registry, repository, tag, pinned, ERROR if not registry else UNCHECKED, now, now, 0,
                          frozenset(sorted(seen.namespaces)[:MAX_NAMESPACES]), frozenset(seen.kinds), seen.pods,
                          digests)
-        namespaces = previous.namespaces | frozenset(sorted(seen.namespaces - previous.namespaces)
-                                                     [:max(0, MAX_NAMESPACES - len(previous.namespaces))])
+        namespaces = _with_namespaces(previous.namespaces, seen.namespaces)
         return dataclasses.replace(previous, last_seen=max(previous.last_seen, now), namespaces=namespaces,
                                    kinds=previous.kinds | seen.kinds, running=seen.pods, running_digests=digests)
 
@@ -400,6 +406,32 @@ def entry_from_line(line: str) -> Entry | None:
         return entry_from_dict(json.loads(line))
     except (ValueError, RecursionError):
         return None
+
+
+# --- several replicas ----------------------------------------------------------------------
+
+
+def merge_views(views: Iterable[Iterable[Entry]]) -> list[Entry]:
+    """Every replica's inventory as one: each replica saw its share of the admissions.
+
+    Counts add up, ``first_seen`` is the earliest and ``last_seen`` the latest, namespaces and
+    kinds are the union (bounded as ever). Status and digest are those of the replica that saw
+    the image last; so are ``running`` and ``running_digests``, which every replica lists for the
+    whole cluster (adding them up would count each pod once per replica).
+    """
+    merged: dict[str, Entry] = {}
+    for view in views:
+        for entry in view:
+            known = merged.get(entry.image)
+            if known is None:
+                merged[entry.image] = entry
+                continue
+            latest = entry if entry.last_seen >= known.last_seen else known
+            namespaces = _with_namespaces(known.namespaces, entry.namespaces)
+            merged[entry.image] = dataclasses.replace(
+                latest, first_seen=min(known.first_seen, entry.first_seen), last_seen=latest.last_seen,
+                count=known.count + entry.count, namespaces=namespaces, kinds=known.kinds | entry.kinds)
+    return list(merged.values())
 
 
 # --- the operator's table --------------------------------------------------------------

@@ -32,6 +32,7 @@ __all__ = [
     "SERVICE_ACCOUNTS",
     "PODS",
     "LEASES",
+    "PODS_PROXY",
     "error_for",
     "decode_object",
     "list_flow",
@@ -82,6 +83,8 @@ SECRETS = Resource("secrets", kind="Secret")
 SERVICE_ACCOUNTS = Resource("serviceaccounts", kind="ServiceAccount")
 PODS = Resource("pods", kind="Pod")
 LEASES = Resource("leases", "coordination.k8s.io", "v1", kind="Lease")
+#: the pods' proxy subresource, as RBAC names it
+PODS_PROXY = Resource("pods/proxy")
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,12 @@ class ApiRequest:
         """A PUT carrying ``metadata.resourceVersion``: the server answers 409 if it moved since."""
         name = str(obj["metadata"]["name"])
         return cls("PUT", resource.path(namespace, name), "update", resource, namespace, name, _encode(obj))
+
+    @classmethod
+    def proxy(cls, namespace: str, pod: str, port: str, path: str) -> "ApiRequest":
+        """GET ``path`` on a pod's ``port`` (a number or a container port's name) through the API server."""
+        target = f"{PODS.path(namespace, pod)}:{quote(port, safe='')}/proxy/{path.lstrip('/')}"
+        return cls("GET", target, "get", PODS_PROXY, namespace, pod)
 
     @classmethod
     def delete(cls, resource: Resource, namespace: str, name: str, resource_version: str = "") -> "ApiRequest":

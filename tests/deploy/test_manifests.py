@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from imgrep import cluster_inventory, copy_leases, tenant_credentials
+from imgrep import cluster_inventory, copy_leases, replica_inventory, tenant_credentials
 from tests.deploy.kube import REPO, find, kustomize, offline_env, yaml_to_objects
 from tests.helpers.binaries import require_binary
 from tests.helpers.kubeapi import validate
@@ -338,7 +338,8 @@ def test_rbac_grants_exactly_what_the_cluster_features_use(request, variant):
     """No wildcard, no list or watch of Secrets: what each feature declares it needs, no more (the
     features' integration tests hold each to its declaration)."""
     granted = rules_of(request.getfixturevalue(variant))
-    assert granted == tenant_credentials.PERMISSIONS | cluster_inventory.PERMISSIONS | copy_leases.PERMISSIONS
+    assert granted == (tenant_credentials.PERMISSIONS | cluster_inventory.PERMISSIONS | copy_leases.PERMISSIONS
+                       | replica_inventory.PERMISSIONS)
     assert not any("*" in part for rule in granted for part in rule)
 
 

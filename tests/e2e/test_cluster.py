@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -155,3 +157,46 @@ def test_a_lease_holder_killed_mid_copy_is_taken_over_by_the_other_replica(pair,
     raw = inspect_raw(f"docker://{target.host}/mirror/{repo}:v1")
     assert "sha256:" + hashlib.sha256(raw).hexdigest() == image_made.digest
     assert lease_api.objects("leases", group="coordination.k8s.io") == []
+
+
+# --- the whole cluster's inventory from a laptop ---------------------------------------------
+
+
+def replica_pod(name: str, health_port: int) -> dict:
+    """A replica as the API lists it: Running, with the health port a proxy request names."""
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "image-replicator", "labels": {"app": "image-replicator"}},
+            "spec": {"containers": [{"name": "image-replicator", "image": "imgrep:latest",
+                                     "ports": [{"name": "health", "containerPort": health_port}]}]},
+            "status": {"phase": "Running", "podIP": "127.0.0.1"}}
+
+
+def test_inventory_replicas_merges_every_replicas_view_through_the_api(start_webhook, zipapp, api, tmp_path, present):
+    first, second = start_webhook(), start_webhook()
+    for hook, namespace in ((first, "shop"), (second, "blog"), (second, "blog")):
+        assert decide(hook, review(workload("Deployment", [present], namespace=namespace)))["allowed"] is True
+    only_second = f"{present.rsplit(':', 1)[0]}:only-on-b"
+    decide(second, review(workload("Pod", [only_second], namespace="kube-public")))  # excluded: recorded only
+    api.put(replica_pod("imgrep-a", first.health_port))
+    api.put(replica_pod("imgrep-b", second.health_port))
+    api.put({**replica_pod("imgrep-old", 1), "status": {"phase": "Succeeded"}})
+    token = api.add_token("laptop-user")
+    for verb, resource in (("list", "pods"), ("get", "pods/proxy")):
+        api.grant("laptop-user", verb, resource, "image-replicator")
+    kubeconfig = json.loads(write_kubeconfig_json(api, tmp_path / "laptop").read_text())
+    kubeconfig["users"][0]["user"] = {"token": token}
+    (tmp_path / "laptop").write_text(json.dumps(kubeconfig))
+
+    done = subprocess.run([sys.executable, str(zipapp), "inventory", "--replicas", "--sort", "count"],
+                          capture_output=True, text=True, timeout=60, check=False,
+                          env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "KUBECONFIG": str(tmp_path / "laptop")})
+    assert done.returncode == 0, done.stderr
+    assert "2 replicas: imgrep-a, imgrep-b" in done.stderr
+    header, *rows = done.stdout.rstrip("\n").split("\n")
+    cells = {row[header.index("IMAGE"):].split()[0]: row.split() for row in rows}
+    assert cells[present][2] == "3"  # (date, time, count): one admission on a, two on b
+    assert "blog,shop" in cells[present]
+    assert only_second in cells
+    proxied = [seen for seen in api.requests if seen.resource == "pods/proxy"]
+    assert sorted(seen.name for seen in proxied) == ["imgrep-a", "imgrep-b"]
+    assert all(seen.user == "laptop-user" and seen.code == 200 for seen in proxied)

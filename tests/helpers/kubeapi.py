@@ -16,6 +16,8 @@ server does:
 * ``resourceVersion`` (one counter for the whole store), ``uid`` and
   ``creationTimestamp`` on every object; an update whose ``resourceVersion`` is not
   the stored one is a 409 Conflict, as is a delete whose precondition fails;
+* ``pods/NAME:PORT/proxy/PATH`` forwarded to the pod's ``status.podIP`` and port (a number or
+  a container port's name), as the API server's pod proxy does, behind RBAC on ``pods/proxy``;
 * lists paged with ``limit``/``continue``; ``expire_continue_tokens()`` makes every
   token handed out so far answer 410 Expired, as after an etcd compaction; items of a
   list carry no ``apiVersion``/``kind``, as the real server sends them.
@@ -30,9 +32,11 @@ from __future__ import annotations
 
 import base64
 import copy
+import http.client
 import itertools
 import json
 import os
+import re
 import secrets
 import ssl
 import threading
@@ -63,6 +67,7 @@ _META_KINDS = {"Status": "status-meta-v1.json", "DeleteOptions": "deleteoptions-
 MAX_PAGE = 500
 #: how long a stalled request is held before it is answered anyway
 STALL_SECONDS = 10.0
+_PROXY = re.compile(r"/api/v1/namespaces/(?P<namespace>[^/]+)/pods/(?P<name>[^/:]+):(?P<port>[^/]+)/proxy(?P<rest>/.*)?")
 
 
 def validate(obj: dict) -> None:
@@ -316,6 +321,41 @@ class FakeKubeAPI:
             self.requests.append(Seen(**seen, code=code))
         return code, answer
 
+    def proxy(self, target: str, headers, peer_cn: str) -> tuple[int, str, bytes] | None:
+        """A GET through the pod proxy: the pod's own answer, or a Status; None for other paths."""
+        parts = urlsplit(target)
+        match = _PROXY.fullmatch(parts.path)
+        if match is None:
+            return None
+        namespace, name = match["namespace"], match["name"]
+        seen = dict(method="GET", path=parts.path, query=parts.query, user="", verb="get", group="",
+                    resource="pods/proxy", namespace=namespace, name=name)
+        try:
+            seen["user"] = user = self._authenticate(headers.get("Authorization", ""), peer_cn)
+            self._authorize(user, "get", "", "pods/proxy", namespace, name)
+            pod = self.object("pods", namespace, name)
+            if pod is None:
+                raise _Refusal(404, status(404, "NotFound", f'pods "{name}" not found', _details("", "pods", name)))
+            ports = {p.get("name"): p["containerPort"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+            port = int(match["port"]) if match["port"].isdigit() else ports.get(match["port"])
+            address = pod.get("status", {}).get("podIP")
+            if port is None or not address:
+                raise _Refusal(503, status(503, "ServiceUnavailable", f"no endpoint {match['port']} for pod {name}"))
+            connection = http.client.HTTPConnection(address, port, timeout=10)
+            try:
+                connection.request("GET", (match["rest"] or "/") + (f"?{parts.query}" if parts.query else ""))
+                answer = connection.getresponse()
+                code, content_type, body = answer.status, answer.getheader("Content-Type", ""), answer.read()
+            except OSError as exc:
+                raise _Refusal(503, status(503, "ServiceUnavailable", f"error trying to reach service: {exc}")) from None
+            finally:
+                connection.close()
+        except _Refusal as refusal:
+            code, content_type, body = refusal.code, "application/json", json.dumps(refusal.body).encode()
+        with self._lock:
+            self.requests.append(Seen(**seen, code=code))
+        return code, content_type, body
+
     def _authenticate(self, authorization: str, peer_cn: str) -> str:
         scheme, _, token = authorization.partition(" ")
         with self._lock:
@@ -499,10 +539,14 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         peer = self.connection.getpeercert() or {}
         common_name = next((value for rdn in peer.get("subject", ()) for key, value in rdn if key == "commonName"), "")
-        code, answer = self.api.handle(self.command, self.path, self.headers, body, common_name)
-        data = json.dumps(answer).encode()
+        proxied = self.api.proxy(self.path, self.headers, common_name) if self.command == "GET" else None
+        if proxied is not None:
+            code, content_type, data = proxied
+        else:
+            code, answer = self.api.handle(self.command, self.path, self.headers, body, common_name)
+            content_type, data = "application/json", json.dumps(answer).encode()
         self.send_response(code)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)

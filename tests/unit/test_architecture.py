@@ -24,6 +24,7 @@ EDGE = frozenset({
     "transport", "registry", "server", "cli", "webhook", "checker", "telemetry", "procstats",
     "replicator", "copier", "logs", "inventory_store", "bulkhead", "kube_client",
     "tenant_credentials", "cluster_inventory", "copy_leases",
+    "replica_inventory",
 })
 FORBIDDEN_STDLIB = frozenset({"http.client", "http.server", "socket", "ssl", "urllib.request", "subprocess"})
 

@@ -135,3 +135,9 @@ def test_a_delete_with_a_precondition_carries_delete_options():
     request = ApiRequest.delete(LEASES, "imgrep", "l", resource_version="41")
     assert json.loads(request.body) == {"apiVersion": "v1", "kind": "DeleteOptions",
                                         "preconditions": {"resourceVersion": "41"}}
+
+
+def test_a_pod_proxy_request_names_the_subresource_permission():
+    request = ApiRequest.proxy("image-replicator", "imgrep-7d-x", "health", "images?status=missing")
+    assert request.path == "/api/v1/namespaces/image-replicator/pods/imgrep-7d-x:health/proxy/images?status=missing"
+    assert request.permission == "get pods/proxy in namespace image-replicator"

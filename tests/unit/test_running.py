@@ -79,3 +79,20 @@ def test_old_lines_without_the_running_fields_still_load():
             '"namespaces":["ns"],"kinds":["Pod"]}')
     entry = entry_from_line(line)
     assert (entry.count, entry.running, entry.running_digests) == (2, 0, frozenset())
+
+
+def test_replicas_views_merge_into_one_entry_per_image():
+    from imgrep.inventory import Entry, merge_views
+
+    def entry(seen: float, count: int, status: str, namespaces: set[str], running: int = 0) -> Entry:
+        return Entry("nginx:1.27", "docker.io", "library/nginx", "1.27", NGINX_OLD, status, seen - 10, seen, count,
+                     frozenset(namespaces), frozenset({"Deployment"}), running, frozenset({NGINX_OLD}))
+
+    only_b = Entry("b:1", "docker.io", "library/b", "1", "", "unchecked", T0, T0, 1, frozenset(), frozenset())
+    [merged, other] = merge_views([[entry(T0 + 5, 3, "exists", {"shop"}, running=4)],
+                                   [entry(T0 + 9, 2, "missing", {"blog"}, running=4), only_b]])
+    assert (merged.count, merged.first_seen, merged.last_seen) == (5, T0 - 5, T0 + 9)
+    assert merged.status == "missing"  # the replica that saw it last
+    assert merged.namespaces == {"shop", "blog"}
+    assert merged.running == 4  # every replica lists the whole cluster: not added up
+    assert other == only_b
