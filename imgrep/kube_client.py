@@ -239,7 +239,10 @@ def connect(settings: KubeSettings, *, allow_default_kubeconfig: bool = False, s
         found = in_cluster(settings, os.path.isfile(f"{sa_dir}/token"), os.path.isfile(f"{sa_dir}/ca.crt"),
                            sa_dir, _namespace_file(sa_dir))
         if isinstance(found, ClusterAccess):
-            return _client(found, "KUBERNETES_SERVICE_HOST")
+            try:
+                return _client(found, "KUBERNETES_SERVICE_HOST")
+            except ConfigError as exc:  # a broken mount turns the features off; only a named kubeconfig stops
+                return Connection(None, f"off: {exc.reason}")
         if not allow_default_kubeconfig:
             return Connection(None, f"off: {found}, and KUBECONFIG is not set")
     home = os.path.expanduser("~") if home is None else home

@@ -216,3 +216,12 @@ def test_a_kubeconfig_with_an_exec_plugin_is_refused_naming_kubeconfig(api, tmp_
         connect(KubeSettings(kubeconfig=str(path)))
     assert refused.value.variable == "KUBECONFIG"
     assert "exec plugin, which imgrep does not run" in str(refused.value)
+
+
+def test_an_unreadable_in_cluster_ca_turns_the_features_off_instead_of_stopping(tmp_path):
+    directory = tmp_path / "serviceaccount"
+    directory.mkdir()
+    (directory / "token").write_text("t")
+    (directory / "ca.crt").write_text("not a certificate")
+    connection = connect(KubeSettings(service_host="10.96.0.1"), sa_dir=str(directory))
+    assert connection.client is None and "cannot load the CA" in connection.description

@@ -163,7 +163,7 @@ def test_a_replicated_private_image_is_read_with_the_pull_secret_and_pushed_with
     user, password = registry_basic.credentials
     api.put(pull_secret("team-a", "team-a-pull", registry_basic.host, user, password))
     cluster = Cluster(api, tmp_path, registry_basic, TARGET_REGISTRY=f"{registry_noauth.host}/mirror",
-                      INSECURE_REGISTRIES=f"{registry_basic.host},{registry_noauth.host}")
+                      INSECURE_REGISTRIES=f"{registry_basic.host},{registry_noauth.host}", COPY_LEASES="false")
     try:
         assert cluster.admit("Pod", "team-a", private_image, secrets=("team-a-pull",))["allowed"] is True
     finally:
