@@ -34,16 +34,11 @@ sys.path.insert(0, str(ROOT))
 from tests.helpers.certs import make_ca_and_cert  # noqa: E402
 from tests.helpers.hostile import HostileRegistry  # noqa: E402
 from tests.helpers.images import make_image, push_image  # noqa: E402
+from tests.helpers.ports import free_port  # noqa: E402
 from tests.helpers.registry import RegistryServer  # noqa: E402
 from tests.helpers.tokenserver import TokenServer  # noqa: E402
 
 SERVICE_NAME = "image-replicator.image-replicator.svc"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 #: seconds the webhook gives registries in this benchmark (the shipped default)

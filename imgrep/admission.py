@@ -7,6 +7,7 @@ answered with an AdmissionReview echoing uid and apiVersion (Kubernetes
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -65,6 +66,8 @@ class AdmissionRequest:
     #: a template's service account, whose pull secrets its pods will get; "" for a Pod, which
     #: the ServiceAccount admission plugin has already given them before webhooks see it
     service_account: str = ""
+    #: ``request.object`` as sent, for the mutating endpoint's patch (JSONPatch paths point into it)
+    obj: Any = field(default=None, compare=False, repr=False)
 
     @property
     def new_images(self) -> tuple[str, ...]:
@@ -128,6 +131,7 @@ def decode_review(body: bytes) -> AdmissionRequest:
         old_images=frozenset(extract_images(kind, old)),
         pull_secrets=pull_secret_names(kind, obj),
         service_account=template_service_account(kind, obj),
+        obj=obj,
     )
 
 
@@ -182,7 +186,10 @@ def encode_response(
     allowed: bool,
     message: str = "",
     warnings: tuple[str, ...] = (),
+    patch: list[dict[str, Any]] | None = None,
 ) -> bytes:
+    """The answer; a non-empty ``patch`` (JSONPatch operations) goes base64-encoded with
+    ``patchType: JSONPatch``, the one type admission.k8s.io v1 and v1beta1 define."""
     response: dict[str, Any] = {"uid": uid, "allowed": allowed}
     if not allowed:
         response["status"] = {"code": 403, "reason": "Forbidden", "message": message}
@@ -190,5 +197,8 @@ def encode_response(
         response["status"] = {"code": 200, "message": message}
     if warnings:
         response["warnings"] = list(warnings)
+    if patch:
+        response["patchType"] = "JSONPatch"
+        response["patch"] = base64.b64encode(json.dumps(patch, separators=(",", ":")).encode("utf-8")).decode("ascii")
     review = {"apiVersion": api_version, "kind": "AdmissionReview", "response": response}
     return json.dumps(review, separators=(",", ":")).encode("utf-8")

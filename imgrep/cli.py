@@ -24,9 +24,10 @@ from urllib.parse import urlencode, urlsplit
 from . import __version__
 from .bulkhead import Bulkhead
 from .checker import ImageChecker
-from .copier import Copier, CopyResult, Progress
+from .copier import LOOKUP_CONCURRENCY, Copier, CopyResult, Progress
+from .credsource import credential_lookup
 from .results import ERROR, EXISTS
-from .config import Config, load_config
+from .config import MUTATE_TARGET, Config, load_config
 from .errors import ConfigError, ImgrepError
 from .inventory import (SORT_KEYS, BadQuery, Inventory, entry_from_dict, parse_query, render_csv, render_json,
                         render_table)
@@ -36,6 +37,7 @@ from .copy_leases import CopyLeases
 from .replica_inventory import run_replica_inventory
 from .kube_client import KubeClient, connect
 from .logs import Logger
+from .mutator import Mutator
 from .reference import Reference, parse_reference
 from .registry import RegistryClient, Repo
 from .replicator import Replicator
@@ -114,18 +116,35 @@ def build_runtime(config: Config) -> Runtime:
         )
     except ssl.SSLError as exc:
         raise ConfigError("REGISTRY_CA_FILE", f"not a PEM certificate bundle ({exc.reason})") from None
-    client = RegistryClient(transport, config.credentials)
+    credentials = credential_lookup(config.credentials, config.cloud, transport, ca_file=config.registry_ca_file,
+                                    observe=_provider_recorder(logger))
+    client = RegistryClient(transport, credentials)
+    allowed = config.allowed_registries
+    if allowed and config.mutate == MUTATE_TARGET:  # mutated Pods name the target: validation must not refuse it
+        allowed = allowed | {config.target.host}
     checker = ImageChecker(client, cache_ttl=config.cache_ttl_seconds, lookup_timeout=config.admission_budget_seconds,
-                           allowed_registries=config.allowed_registries)
+                           allowed_registries=allowed)
     # COPY_CONCURRENCY streams per source registry, and room for a second source beside a crawling one
     blob_pool = Bulkhead(2 * config.copy_concurrency, config.copy_concurrency, name="imgrep-blob")
-    copier = Copier(client, blob_pool, on_blob=lambda result, size: telemetry.blobs.labels(result=result).inc())
+    lookup_pool = Bulkhead(2 * LOOKUP_CONCURRENCY, LOOKUP_CONCURRENCY, name="imgrep-lookup")
+    copier = Copier(client, blob_pool, lookups=lookup_pool,
+                    on_blob=lambda result, size: telemetry.blobs.labels(result=result).inc())
     replicator = None
     if config.target:
         replicator = Replicator(copier, client, config.target, include_registry=config.target_include_registry,
                                 timeout=config.replication_timeout_seconds, remember_seconds=config.cache_ttl_seconds,
                                 on_done=_replication_recorder(config, telemetry, logger))
     return Runtime(config, logger, telemetry, transport, client, checker, copier, replicator)
+
+
+def _provider_recorder(logger: Logger):
+    """Each credential renewal in the log: which provider, for which registry, never the credential."""
+    def record(provider: str, outcome: str, registry: str, detail: str) -> None:
+        if outcome == "renewed":
+            logger.info("credentials_renewed", provider=provider, registry=registry, detail=detail)
+        else:
+            logger.warning("credentials_failed", provider=provider, registry=registry, error=detail)
+    return record
 
 
 def _replication_recorder(config: Config, telemetry: Telemetry, logger: Logger):
@@ -309,8 +328,9 @@ def cluster_features(runtime: Runtime) -> ClusterFeatures:
     if not config.kube.pull_secrets:
         said["pull_secrets"] = "off: PULL_SECRETS=false"
     else:
-        pull_secrets = PullSecretSource(connection.client, runtime.transport, config.credentials, runtime.logger,
-                                        cache_seconds=config.kube.pull_secret_cache_seconds,
+        # imgrep's own lookup (static credentials, then cloud providers) for what no Secret covers
+        pull_secrets = PullSecretSource(connection.client, runtime.transport, runtime.client.credentials,
+                                        runtime.logger, cache_seconds=config.kube.pull_secret_cache_seconds,
                                         target_host=config.target.host if config.target else "")
         said["pull_secrets"] = "on (needs get on secrets and serviceaccounts in the namespaces served)"
     interval = config.kube.cluster_inventory_seconds
@@ -349,6 +369,7 @@ def run_serve(runtime: Runtime) -> int:
     inventory, inventory_store = open_inventory(runtime)
     webhook = Webhook(config, runtime.checker, runtime.telemetry, logger, replicator=runtime.replicator,
                       inventory=inventory, inventory_store=inventory_store, pull_secrets=cluster.pull_secrets)
+    mutator = Mutator(config, webhook, runtime.telemetry, logger)
 
     def metrics(_body, _headers):
         return 200, METRICS_CONTENT_TYPE, runtime.telemetry.render()
@@ -365,6 +386,10 @@ def run_serve(runtime: Runtime) -> int:
         status, answer = webhook.handle(body, headers.get("content-type", ""))
         return status, JSON, answer
 
+    def mutate(body, headers):  # answers (allowed, no patch) with MUTATE off too: see README "Mutation"
+        status, answer = mutator.handle(body, headers.get("content-type", ""))
+        return status, JSON, answer
+
     certificates = None
     if not config.skip_tls:
         try:
@@ -374,7 +399,8 @@ def run_serve(runtime: Runtime) -> int:
     common = {("GET", "/healthz"): healthz, ("GET", "/metrics"): metrics}
     health_routes = {**common, ("GET", "/readyz"): readyz, ("GET", "/images"): images_route(inventory)}
     health = _listen("HEALTH_PORT", config.health_port, App(health_routes, logger), logger, lifecycle)
-    server = _listen("PORT", config.port, App({**common, ("POST", "/validate"): validate}, logger), logger,
+    webhook_routes = {**common, ("POST", "/validate"): validate, ("POST", "/mutate"): mutate}
+    server = _listen("PORT", config.port, App(webhook_routes, logger), logger,
                      lifecycle, certificates=certificates, max_connections=config.max_connections)
     # Blocked here, before any thread starts, so every thread inherits the mask and the
     # signals wait for sigwait below: no handler races a lock, and the main thread

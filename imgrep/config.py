@@ -10,15 +10,22 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Callable, Mapping
 
+from . import cloud
+from .cloud import AwsSettings, AzureSettings, CloudSettings, EcrRepositorySettings, GcpSettings
 from .credentials import CredentialStore, normalise_registry
 from .errors import ConfigError
 from .kube_config import KubeSettings
 
-__all__ = ["Config", "TargetRegistry", "load_config", "DEFAULT_EXCLUDED_NAMESPACES"]
+__all__ = ["Config", "TargetRegistry", "load_config", "DEFAULT_EXCLUDED_NAMESPACES", "MUTATE_OFF", "MUTATE_TARGET",
+           "MUTATE_PIN"]
 
 DEFAULT_EXCLUDED_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease", "image-replicator")
+#: what POST /mutate does to a Pod's images (``MUTATE``): nothing; point them at the
+#: TARGET_REGISTRY copy pinned by digest; pin their tags to the source digest in place
+MUTATE_OFF, MUTATE_TARGET, MUTATE_PIN = "off", "target", "pin"
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,11 @@ class TargetRegistry:
 
     def __str__(self) -> str:
         return f"{self.host}/{self.prefix}" if self.prefix else self.host
+
+    def contains(self, registry: str, repository: str) -> bool:
+        """Whether ``registry/repository`` is in this registry under its prefix: an image that
+        already points at a copy here (a mutated Pod's) is checked here, never copied into itself."""
+        return registry == self.host and (not self.prefix or repository.startswith(self.prefix + "/"))
 
 
 @dataclass(frozen=True)
@@ -62,6 +74,10 @@ class Config:
     max_connections: int = 256
     #: blobs moved at once by the process-wide copy pool
     copy_concurrency: int = 4
+    #: POST /mutate: MUTATE_OFF, MUTATE_TARGET or MUTATE_PIN
+    mutate: str = MUTATE_OFF
+    #: cloud credential providers (README "Cloud registries")
+    cloud: CloudSettings = field(default_factory=CloudSettings)
     #: cluster features: API access and pull secrets (README "Cluster features")
     kube: KubeSettings = field(default_factory=KubeSettings)
 
@@ -82,10 +98,13 @@ class Config:
             "insecure_registries": sorted(self.insecure_registries),
             "registry_ca_file": self.registry_ca_file,
             "credentials": self.credentials.describe(),
+            "registry_providers": cloud.describe(self.cloud, frozenset(self.credentials.by_registry),
+                                                 self.target.host if self.target else None),
             "allowed_registries": sorted(self.allowed_registries),
             "inventory_max": self.inventory_max,
             "inventory_file": self.inventory_file,
             "log_format": self.log_format,
+            "mutate": self.mutate,
             "kubernetes_api": self.kube.mode,
             "pull_secrets": self.kube.pull_secrets,
         }
@@ -167,6 +186,20 @@ def _target(value: str) -> TargetRegistry | None:
     return TargetRegistry(host, prefix)
 
 
+def _mutate(env: _Reader, target: TargetRegistry | None) -> str:
+    value = env.raw("MUTATE").lower()
+    if value in _FALSE:
+        return MUTATE_OFF
+    if value == MUTATE_PIN:
+        return MUTATE_PIN
+    if value not in _TRUE:
+        raise ConfigError("MUTATE", f"expected true, false or pin, got {value!r}")
+    if target is None:
+        raise ConfigError("MUTATE", "true points images at their TARGET_REGISTRY copy, and TARGET_REGISTRY is "
+                                    "unset (MUTATE=pin pins tags to their source digests instead)")
+    return MUTATE_TARGET
+
+
 def _read_file(path: str) -> str:
     return Path(path).read_text(encoding="utf-8")
 
@@ -183,8 +216,10 @@ def load_config(environ: Mapping[str, str], read_text: Callable[[str], str] = _r
         docker_config_file=docker_config_file,
     )
     target = _target(env.raw("TARGET_REGISTRY"))
+    cloud_settings = _cloud(env, read_text)
     require_credentials = env.boolean("REQUIRE_CREDENTIALS", False)
-    if require_credentials and target and credentials.lookup(target.host) is None:
+    if (require_credentials and target and credentials.lookup(target.host) is None
+            and cloud.route(target.host, cloud_settings) is None):
         raise ConfigError("REQUIRE_CREDENTIALS", f"no credentials for TARGET_REGISTRY host {target.host!r}")
     port = int(env.number("PORT", 8443, minimum=1, maximum=65535, integer=True))
     health_port = int(env.number("HEALTH_PORT", 8080, minimum=1, maximum=65535, integer=True))
@@ -221,6 +256,8 @@ def load_config(environ: Mapping[str, str], read_text: Callable[[str], str] = _r
         shutdown_delay_seconds=env.number("SHUTDOWN_DELAY_SECONDS", 2.0, minimum=0, maximum=60),
         max_connections=int(env.number("MAX_CONNECTIONS", 256, minimum=1, maximum=10_000, integer=True)),
         copy_concurrency=int(env.number("COPY_CONCURRENCY", 4, minimum=1, maximum=64, integer=True)),
+        mutate=_mutate(env, target),
+        cloud=cloud_settings,
         kube=_kube(env),
     )
 
@@ -243,3 +280,99 @@ def _kube(env: _Reader) -> KubeSettings:
         pod_name=env.raw("POD_NAME"),
         pod_namespace=env.raw("POD_NAMESPACE"),
     )
+
+
+_AWS_REGION = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d{1,2}")
+_ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
+_SESSION_NAME = re.compile(r"[\w+=,.@-]{2,64}")
+#: where container credentials may come from over plain HTTP (the AWS SDKs' rule): loopback,
+#: the ECS agent and the EKS Pod Identity agent
+_CONTAINER_HOSTS = frozenset({"169.254.170.2", "169.254.170.23", "fd00:ec2::23"})
+
+
+def _url(env: _Reader, name: str, default: str = "") -> str:
+    value = env.raw(name) or default
+    if value:
+        parts = urlsplit(value)
+        try:
+            parts.port  # noqa: B018 -- raises ValueError for a bad port
+        except ValueError:
+            raise ConfigError(name, f"bad port in {value!r}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+            raise ConfigError(name, f"expected an http(s) URL without user info, got {value!r}")
+    return value
+
+
+def _aws(env: _Reader, read_text: Callable[[str], str]) -> AwsSettings:
+    key, secret = env.raw("AWS_ACCESS_KEY_ID"), env.raw("AWS_SECRET_ACCESS_KEY")
+    if bool(key) != bool(secret):
+        missing = "AWS_SECRET_ACCESS_KEY" if key else "AWS_ACCESS_KEY_ID"
+        raise ConfigError(missing, "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY go together")
+    role_arn = env.raw("AWS_ROLE_ARN")
+    token_file, _ = env.path("AWS_WEB_IDENTITY_TOKEN_FILE", read_text)  # read now: a missing file stops start-up
+    if token_file and not role_arn:
+        raise ConfigError("AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE is set without a role to assume")
+    if role_arn and not _ROLE_ARN.fullmatch(role_arn):
+        raise ConfigError("AWS_ROLE_ARN", f"expected arn:aws:iam::<account>:role/<name>, got {role_arn!r}")
+    session_name = env.raw("AWS_ROLE_SESSION_NAME") or "imgrep"
+    if not _SESSION_NAME.fullmatch(session_name):
+        raise ConfigError("AWS_ROLE_SESSION_NAME", f"2 to 64 of letters, digits and +=,.@_-, got {session_name!r}")
+    full_uri = _url(env, "AWS_CONTAINER_CREDENTIALS_FULL_URI")
+    if full_uri:
+        parts = urlsplit(full_uri)
+        if parts.scheme == "http" and not (parts.hostname in _CONTAINER_HOSTS or parts.hostname == "localhost"
+                                           or parts.hostname.startswith("127.") or parts.hostname == "::1"):
+            raise ConfigError("AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                              f"plain HTTP only to loopback or the EKS/ECS agent, got host {parts.hostname!r}")
+    container_token_file, _ = env.path("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", read_text)
+    region = env.raw("AWS_REGION") or env.raw("AWS_DEFAULT_REGION")
+    if region and not _AWS_REGION.fullmatch(region):
+        raise ConfigError("AWS_REGION" if env.raw("AWS_REGION") else "AWS_DEFAULT_REGION",
+                          f"not an AWS region: {region!r}")
+    encryption = env.choice("ECR_ENCRYPTION", "aes256", ("aes256", "kms")).upper()
+    kms_key = env.raw("ECR_KMS_KEY")
+    if kms_key and encryption != "KMS":
+        raise ConfigError("ECR_KMS_KEY", "is set but ECR_ENCRYPTION is not KMS")
+    repositories = EcrRepositorySettings(
+        create=env.boolean("ECR_CREATE_REPOSITORIES", True),
+        tag_mutability=env.choice("ECR_TAG_MUTABILITY", "mutable", ("mutable", "immutable")).upper(),
+        scan_on_push=env.boolean("ECR_SCAN_ON_PUSH", False),
+        encryption=encryption,
+        kms_key=kms_key,
+    )
+    return AwsSettings(
+        access_key_id=key, secret_access_key=secret, session_token=env.raw("AWS_SESSION_TOKEN"),
+        role_arn=role_arn, web_identity_token_file=token_file or "", role_session_name=session_name,
+        container_credentials_uri=full_uri, container_token_file=container_token_file or "", region=region,
+        sts_endpoint=_url(env, "AWS_ENDPOINT_URL_STS"), ecr_endpoint=_url(env, "AWS_ENDPOINT_URL_ECR"),
+        repositories=repositories,
+    )
+
+
+def _cloud(env: _Reader, read_text: Callable[[str], str]) -> CloudSettings:
+    """The cloud providers' settings (README "Cloud registries"); only names that were asked for are checked."""
+    try:
+        explicit, bare = cloud.parse_provider_list(env.raw("REGISTRY_PROVIDERS"))
+    except ValueError as exc:
+        raise ConfigError("REGISTRY_PROVIDERS", str(exc)) from None
+    metadata_host = env.raw("GCE_METADATA_HOST").lower()
+    if metadata_host and not _HOST_PORT_CHARS.fullmatch(metadata_host):
+        raise ConfigError("GCE_METADATA_HOST", f"not a host[:port]: {metadata_host!r}")
+    token_file, _ = env.path("AZURE_FEDERATED_TOKEN_FILE", read_text)
+    settings = CloudSettings(
+        aws=_aws(env, read_text),
+        gcp=GcpSettings(metadata_host or GcpSettings.metadata_host, enabled=bool(metadata_host) or cloud.GCP in bare),
+        azure=AzureSettings(env.raw("AZURE_CLIENT_ID"), env.raw("AZURE_TENANT_ID"), token_file or "",
+                            _url(env, "AZURE_AUTHORITY_HOST", AzureSettings.authority_host)),
+        explicit=explicit,
+    )
+    needs = {cloud.ECR: "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_ROLE_ARN with AWS_WEB_IDENTITY_TOKEN_FILE, "
+                        "or AWS_CONTAINER_CREDENTIALS_FULL_URI with AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+             cloud.ACR: "AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE"}
+    for provider in sorted(bare | {p for p in explicit.values() if p in needs}):
+        if provider in needs and not settings.present(provider):
+            raise ConfigError("REGISTRY_PROVIDERS", f"names {provider} but its identity is missing: set {needs[provider]}")
+    for host, provider in sorted(explicit.items()):
+        if provider == cloud.ECR and not (cloud.ecr_host(host) or settings.aws.region):
+            raise ConfigError("AWS_REGION", f"REGISTRY_PROVIDERS names {host}=ecr, whose region only AWS_REGION can tell")
+    return settings

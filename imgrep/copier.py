@@ -8,12 +8,18 @@ every blob is verified in the target before the manifest that references it is
 pushed, children before their index, the index by digest before referrers, and
 the tag last. Whatever stops a copy, the target never holds a manifest whose
 blobs are missing, and a later attempt reuses the blobs that already arrived.
+
+Round trips to the source are what a copy over a WAN waits for, so the requests
+that do not depend on each other go together: the children of an index at once,
+the referrer and signature lookups beside the manifest walk, the referrers' own
+walks while the blobs move, and the target's upload token while the source is
+read. Only the copying thread waits; pool tasks never wait on a pool, so pools of
+any size cannot deadlock.
 """
 
 from __future__ import annotations
 
 import copy
-
 import random
 import threading
 import time
@@ -29,7 +35,7 @@ from .manifest import Descriptor, parse_manifest
 from .registry import Manifest, RegistryClient, Repo
 from .retry import RetryPolicy
 
-__all__ = ["Copier", "CopyResult", "Progress", "BlobStats", "signature_tags"]
+__all__ = ["Copier", "CopyResult", "Progress", "BlobStats", "signature_tags", "LOOKUP_CONCURRENCY"]
 
 #: bytes read from the source per socket read; with the pool size this bounds memory
 READ_SIZE = 1024 * 1024
@@ -43,8 +49,11 @@ MAX_RESUMES = 3
 MAX_INDEX_DEPTH = 2
 #: blob digests remembered with the target repository holding them, for mounts
 MAX_KNOWN_BLOBS = 100_000
-#: seconds past a copy's deadline that its blob transfers get to report their own failure
+#: seconds past a copy's deadline that its requests get to report their own failure
 DEADLINE_GRACE = 1.0
+#: manifest, referrer and token requests one source registry may have at once, across copies
+#: (an index's children go together); the lookup pool holds twice as many
+LOOKUP_CONCURRENCY = 8
 
 
 def signature_tags(digest: str) -> tuple[str, ...]:
@@ -83,6 +92,16 @@ class BlobStats:
 
 
 @dataclass(frozen=True)
+class _Image:
+    """One image a copy moves: its manifests in push order (children first) and its unique blobs."""
+
+    digest: str
+    tag: str
+    manifests: list[Manifest]
+    blobs: list[Descriptor]
+
+
+@dataclass(frozen=True)
 class CopyResult:
     digest: str
     #: False when the target already held the tag at the source's digest
@@ -100,9 +119,12 @@ class Copier:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         on_blob: Callable[[str, int], None] = lambda result, size: None,
+        lookups: Bulkhead | None = None,
     ):
         self.client = client
         self.pool = pool
+        #: manifest and referrer requests; a pool of their own keeps them from queueing behind blobs
+        self.lookups = lookups or pool
         self.retry = retry
         self.clock = clock
         self.sleep = sleep
@@ -127,25 +149,54 @@ class Copier:
         ``tag`` defaults to ``identifier`` when that is a tag; a digest reference is
         pushed by digest only. ``digest``, when the caller already resolved the source,
         saves the source HEAD and pins the copy to what the caller saw.
+
+        The target is asked before any source manifest is fetched: a target that holds
+        the image already costs one HEAD on each side, and no manifest GET (which
+        registries such as Docker Hub count as a pull).
         """
         progress = progress or Progress()
         tag = tag or ("" if is_digest(identifier) else identifier)
         digest = digest or self.client.resolve(source, identifier, deadline).digest
         if self._target_has(target, tag or digest, digest, deadline):
             return CopyResult(digest, False, BlobStats())
-        manifests, blobs = self._collect(source, self._top_manifest(source, identifier, digest, deadline), deadline)
-        attached = self._referrers(source, digest, deadline) if referrers else []
-        for blob in blobs:
-            progress.plan(blob.size)
-        stats = self._copy_blobs(source, target, blobs, deadline, progress)
-        for manifest in manifests:  # children first; every blob is in place
-            self.client.put_manifest(target, manifest.info.digest, manifest.body, manifest.info.media_type, deadline)
-        for referrer in attached:
-            self._add(stats, self.copy(source, referrer, target, deadline, progress, referrers=False).stats)
+        with _Tasks(self.lookups, self.clock, deadline, source) as lookups, \
+                _Tasks(self.pool, self.clock, deadline, source) as transfers:
+            # the manifest first, as the walk waits for it: it takes an idle connection before the lookups do
+            top = lookups.start(self._top_manifest, source, identifier, digest, deadline)
+            lookups.start(self._authorize_uploads, target, deadline)
+            attached = self._referrers(lookups, source, digest, deadline) if referrers else lambda: []
+            image = _Image(digest, tag, *self._collect(lookups, source, lookups.results([top])[0], deadline))
+            moving = self._start_blobs(transfers, source, target, image.blobs, {}, deadline, progress)
+            extras: list[_Image] = []
+            for reference in attached():  # walked while the blobs move
+                extra = self._referrer_image(lookups, source, reference, target, deadline)
+                if extra is not None:
+                    extras.append(extra)
+                    self._start_blobs(transfers, source, target, extra.blobs, moving, deadline, progress)
+            stats = self._blob_stats(transfers, moving)
+        self._put_manifests(target, image, deadline)  # every blob is in place: children, then the index
+        for extra in extras:  # then referrers; a cosign referrer is known by its tag
+            self._put_manifests(target, extra, deadline)
+            if extra.tag:
+                self._put_tag(target, extra, deadline)
         if tag:
-            top = manifests[-1]
-            self.client.put_manifest(target, tag, top.body, top.info.media_type, deadline)
+            self._put_tag(target, image, deadline)
         return CopyResult(digest, True, stats)
+
+    def _put_manifests(self, target: Repo, image: _Image, deadline: float) -> None:
+        for manifest in image.manifests:
+            self.client.put_manifest(target, manifest.info.digest, manifest.body, manifest.info.media_type, deadline)
+
+    def _put_tag(self, target: Repo, image: _Image, deadline: float) -> None:
+        top = image.manifests[-1]
+        self.client.put_manifest(target, image.tag, top.body, top.info.media_type, deadline)
+
+    def _authorize_uploads(self, target: Repo, deadline: float) -> None:
+        """The target's push token, fetched while the source is walked instead of before the first blob."""
+        try:
+            self.client.authorize(target, (push_scope(target.repository),), deadline)
+        except ImgrepError:
+            pass  # the uploads ask again, with their retries, and report what still fails
 
     def _top_manifest(self, source: Repo, identifier: str, digest: str, deadline: float) -> Manifest:
         """The manifest ``digest`` names. If the registry lacks a digest it announced for a tag,
@@ -167,8 +218,13 @@ class Copier:
         except ManifestNotFound:
             return False
 
-    def _collect(self, source: Repo, top: Manifest, deadline: float) -> tuple[list[Manifest], list[Descriptor]]:
-        """Manifests in push order (children before parents) and the unique blobs they need."""
+    def _collect(self, lookups: _Tasks, source: Repo, top: Manifest,
+                 deadline: float) -> tuple[list[Manifest], list[Descriptor]]:
+        """Manifests in push order (children before parents) and the unique blobs they need.
+
+        The children of an index are fetched together: a level of nesting costs one
+        round trip, however many platforms it lists.
+        """
         manifests: list[Manifest] = []
         blobs: dict[str, Descriptor] = {}
 
@@ -178,8 +234,10 @@ class Copier:
                 if depth >= MAX_INDEX_DEPTH:
                     raise RegistryError(source.registry, "index nested too deeply", repository=source.repository,
                                         digest=manifest.info.digest)
-                for child in parsed.manifests:
-                    visit(self.client.get_manifest(source, child.digest, deadline), depth + 1)
+                wanted = list(dict.fromkeys(child.digest for child in parsed.manifests))
+                fetches = [lookups.start(self.client.get_manifest, source, child, deadline) for child in wanted]
+                for child in lookups.results(fetches):
+                    visit(child, depth + 1)
             for blob in parsed.blobs:
                 blobs.setdefault(blob.digest, blob)
             manifests.append(manifest)
@@ -187,50 +245,58 @@ class Copier:
         visit(top, 0)
         return manifests, list(blobs.values())
 
-    def _referrers(self, source: Repo, digest: str, deadline: float) -> list[str]:
-        """Signatures, attestations and SBOMs of ``digest``: OCI 1.1 referrers, else cosign's tag scheme."""
-        found: list[str] = []
-        index = self.client.referrers(source, digest, deadline)
-        if index is not None:
-            found.extend(d.digest for d in parse_manifest(index, "", source.registry).manifests)
-        for tag in signature_tags(digest):
-            try:
-                self.client.resolve(source, tag, deadline)
-            except ManifestNotFound:
-                continue
-            found.append(tag)
+    def _referrers(self, lookups: _Tasks, source: Repo, digest: str, deadline: float) -> Callable[[], list[str]]:
+        """Signatures, attestations and SBOMs of ``digest``: OCI 1.1 referrers, else cosign's tag scheme.
+
+        The four requests start at once and run beside the copy; the function returned
+        waits for them and names what they found (digests first, then cosign tags).
+        """
+        tags = signature_tags(digest)
+        listing = lookups.start(self.client.referrers, source, digest, deadline)
+        probes = [lookups.start(self._tag_exists, source, tag, deadline) for tag in tags]
+
+        def found() -> list[str]:
+            index, *present = lookups.results([listing, *probes])
+            listed = [] if index is None else [d.digest for d in parse_manifest(index, "", source.registry).manifests]
+            return listed + [tag for tag, exists in zip(tags, present) if exists]
+
         return found
 
-    @staticmethod
-    def _add(total: BlobStats, more: BlobStats) -> None:
-        total.copied += more.copied
-        total.exists += more.exists
-        total.mounted += more.mounted
-        total.bytes += more.bytes
+    def _tag_exists(self, source: Repo, tag: str, deadline: float) -> bool:
+        try:
+            self.client.resolve(source, tag, deadline)
+        except ManifestNotFound:
+            return False
+        return True
+
+    def _referrer_image(self, lookups: _Tasks, source: Repo, reference: str, target: Repo,
+                        deadline: float) -> _Image | None:
+        """What a referrer (a digest, or a cosign tag) needs in the target; None when it is there already."""
+        tag = "" if is_digest(reference) else reference
+        digest = self.client.resolve(source, reference, deadline).digest if tag else reference
+        if self._target_has(target, tag or digest, digest, deadline):
+            return None
+        top = self._top_manifest(source, reference, digest, deadline)
+        return _Image(digest, tag, *self._collect(lookups, source, top, deadline))
 
     # -- blobs --------------------------------------------------------------
 
-    def _copy_blobs(self, source: Repo, target: Repo, blobs: list[Descriptor], deadline: float,
-                    progress: Progress) -> BlobStats:
+    def _start_blobs(self, transfers: _Tasks, source: Repo, target: Repo, blobs: list[Descriptor],
+                     moving: dict[str, tuple[Descriptor, Future[str]]], deadline: float,
+                     progress: Progress) -> dict[str, tuple[Descriptor, Future[str]]]:
+        """A transfer for each blob not moving yet (an image and its referrers may share one)."""
+        for blob in blobs:
+            if blob.digest not in moving:
+                progress.plan(blob.size)
+                moving[blob.digest] = blob, transfers.start(self._copy_blob, source, target, blob, deadline, progress)
+        return moving
+
+    @staticmethod
+    def _blob_stats(transfers: _Tasks, moving: dict[str, tuple[Descriptor, Future[str]]]) -> BlobStats:
+        """Waits for every transfer; the first failure, or the deadline, ends the copy."""
         stats = BlobStats()
-        futures: list[Future[str]] = [
-            self.pool.submit(source.registry, deadline,
-                             lambda blob=blob: self._copy_blob(source, target, blob, deadline, progress))
-            for blob in blobs
-        ]
-        # every transfer ends by the deadline on its own; the grace lets it say why, naming its registry
-        done, pending = wait(futures, timeout=max(0.0, deadline - self.clock()) + DEADLINE_GRACE,
-                             return_when=FIRST_EXCEPTION)
-        failed = next((f for f in done if f.exception() is not None), None)
-        if failed is not None or pending:
-            for future in pending:
-                future.cancel()
-            if failed is not None:
-                raise failed.exception()  # type: ignore[misc]
-            raise RegistryUnavailable(target.registry, "copy did not finish within REGISTRY_TIMEOUT",
-                                      repository=target.repository)
-        for blob, future in zip(blobs, futures):
-            result = future.result()
+        results = transfers.results([future for _blob, future in moving.values()])
+        for (blob, _future), result in zip(moving.values(), results):
             setattr(stats, result, getattr(stats, result) + 1)
             if result == "copied":
                 stats.bytes += blob.size
@@ -304,6 +370,46 @@ class Copier:
             self.client.commit_upload(target, location, blob.digest, deadline)
         finally:
             reader.close()
+
+
+class _Tasks:
+    """What one copy runs on a shared pool, on the source registry's share of it.
+
+    Only the copying thread waits for it, and every task is a plain request (none waits
+    on a pool), so no pool size deadlocks. Whatever is still queued when the copy ends,
+    a failure elsewhere, is cancelled."""
+
+    def __init__(self, pool: Bulkhead, clock: Callable[[], float], deadline: float, source: Repo):
+        self.pool = pool
+        self.clock = clock
+        self.deadline = deadline
+        self.source = source
+        self._started: list[Future] = []
+
+    def start(self, function: Callable, *args: object) -> Future:
+        future = self.pool.submit(self.source.registry, self.deadline, lambda: function(*args))
+        self._started.append(future)
+        return future
+
+    def results(self, futures: list[Future]) -> list:
+        """Their results in order, once all are done; the first failure in that order is raised."""
+        # every request ends by the deadline on its own; the grace lets it say why, naming its registry
+        _done, pending = wait(futures, timeout=max(0.0, self.deadline - self.clock()) + DEADLINE_GRACE,
+                              return_when=FIRST_EXCEPTION)
+        failed = next((f for f in futures if f.done() and not f.cancelled() and f.exception() is not None), None)
+        if failed is not None:
+            raise failed.exception()  # type: ignore[misc]
+        if pending:
+            raise RegistryUnavailable(self.source.registry, "copy did not finish within REGISTRY_TIMEOUT",
+                                      repository=self.source.repository)
+        return [future.result() for future in futures]
+
+    def __enter__(self) -> _Tasks:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for future in self._started:
+            future.cancel()
 
 
 class _ResumingReader:

@@ -1,6 +1,6 @@
 """One copy per image across replicas, coordinated through Leases in imgrep's own namespace.
 
-Before a copy job copies, it takes the image's Lease (``leases``): it creates it, or
+Before a copy job copies, it takes the image's Lease (``kube_lease``): it creates it, or
 takes it over once the holder stopped renewing it for its duration (the holder died),
 both guarded by ``resourceVersion`` so that of two replicas trying at once exactly one
 wins and the other gets a 409. While another replica holds it, the job waits, reading
@@ -25,7 +25,7 @@ from typing import Callable, TypeVar
 from .errors import ImgrepError
 from .kube_api import LEASES, KubeConflict, KubeError, KubeForbidden, KubeNotFound
 from .kube_client import KubeClient
-from .leases import Watch, holder, lease_name, new_lease, renewed, taken_over
+from .kube_lease import Watch, holder, lease_name, new_lease, renewed, taken_over
 from .logs import Logger
 
 __all__ = ["CopyLeases", "LeaseWaitTimeout", "PERMISSIONS"]

@@ -16,13 +16,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Mapping, Protocol
 
 from .errors import ConfigError
 from .reference import DOCKER_HUB
 
-__all__ = ["Credential", "CredentialStore", "normalise_registry", "parse_docker_config"]
+__all__ = ["Credential", "CredentialLookup", "CredentialStore", "normalise_registry", "parse_docker_config"]
 
 _HUB_ALIASES = frozenset(
     {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
@@ -119,6 +120,17 @@ def _named_registries(environ: Mapping[str, str]) -> dict[str, Credential]:
     return found
 
 
+class CredentialLookup(Protocol):
+    """What the registry client asks before each request: the credential for this registry.
+
+    ``repository``/``push`` say what the request is for (a cloud provider may prepare a
+    push target); ``deadline`` (monotonic seconds) bounds any work done to find out.
+    """
+
+    def lookup(self, registry: str, *, repository: str = "", push: bool = False,
+               deadline: float = math.inf) -> Credential | None: ...
+
+
 @dataclass(frozen=True)
 class CredentialStore:
     """Immutable lookup from normalised registry host to its credential."""
@@ -147,7 +159,9 @@ class CredentialStore:
         merged.update(_named_registries(environ))
         return cls(merged)
 
-    def lookup(self, registry: str) -> Credential | None:
+    def lookup(self, registry: str, *, repository: str = "", push: bool = False,
+               deadline: float = math.inf) -> Credential | None:
+        """The static credential for ``registry``; the other arguments are CredentialLookup's."""
         return self.by_registry.get(normalise_registry(registry))
 
     def describe(self) -> dict[str, str]:

@@ -19,6 +19,7 @@ __all__ = [
     "DigestMismatch",
     "UnsupportedManifest",
     "ForbiddenRegistry",
+    "CredentialProviderError",
 ]
 
 
@@ -122,3 +123,18 @@ class ForbiddenRegistry(RegistryError):
     """A registry imgrep refuses to contact (allow-list, link-local or metadata address)."""
 
     reason = "registry not allowed"
+
+
+class CredentialProviderError(RegistryError):
+    """A cloud credential provider could not hand out registry credentials.
+
+    ``detail`` starts with the provider and the call that failed, as an operator
+    searches for it: ``ECR: AssumeRoleWithWebIdentity: AccessDenied: ...``. A refusal
+    is ``unauthorized``; a provider that could not be reached or was throttled is
+    temporary and reads ``registry unreachable``.
+    """
+
+    def __init__(self, registry: str, detail: str, *, temporary: bool, status: int | None = None):
+        super().__init__(registry, detail, status=status)
+        self.temporary = temporary
+        self.reason = RegistryUnavailable.reason if temporary else Unauthorized.reason

@@ -20,7 +20,6 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from . import __version__
 from .errors import ConfigError, RegistryError
 from .kube_api import (
     MAX_ERROR_BODY,
@@ -53,7 +52,6 @@ __all__ = ["KubeClient", "Connection", "connect", "DEFAULT_TIMEOUT"]
 DEFAULT_TIMEOUT = 10.0
 #: a token file is a JWT of about a kilobyte; anything this large is not one
 MAX_TOKEN_BYTES = 64 * 1024
-USER_AGENT = f"imgrep/{__version__}"
 
 
 def _read_capped(path: str, limit: int) -> str:
@@ -195,7 +193,7 @@ class KubeClient:
         return status, body
 
     def _send(self, request: ApiRequest, token: str, deadline: float) -> tuple[int, bytes]:
-        headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
+        headers = {"Accept": "application/json"}  # the transport adds imgrep's User-Agent
         if token:
             headers["Authorization"] = f"Bearer {token}"
         if request.body is not None:

@@ -2,7 +2,9 @@
 
 Anyone who may create a Pod chooses the registry hosts imgrep contacts from inside
 the cluster. Link-local ranges hold cloud metadata services (instance credentials),
-so a registry, token realm or redirect that resolves there is refused.
+so a registry, token realm or redirect that resolves there is refused. Only a cloud
+credential provider's own transport may reach its provider's fixed endpoint
+(imgrep.providers): the guard itself has no exceptions.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ _REFUSED = (
     (ipaddress.ip_network("169.254.0.0/16"), "a link-local address (cloud metadata)"),
     (ipaddress.ip_network("fe80::/10"), "an IPv6 link-local address"),
     (ipaddress.ip_network("fd00:ec2::254/128"), "the EC2 IPv6 metadata address"),
+    (ipaddress.ip_network("fd00:ec2::23/128"), "the EKS Pod Identity agent's IPv6 address"),
 )
 
 

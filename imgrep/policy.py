@@ -13,7 +13,8 @@ from typing import Sequence
 from .admission import WORKLOAD_KINDS, AdmissionRequest
 from .results import EXISTS, REPLICATED, CheckResult
 
-__all__ = ["Decision", "Pass", "triage", "too_many_images", "decide", "CHECKED_SUBRESOURCES", "MAX_IMAGES"]
+__all__ = ["Decision", "Pass", "triage", "too_many_images", "decide", "CHECKED_SUBRESOURCES", "MAX_IMAGES",
+           "POD_KINDS", "REPLICATING_WARNING"]
 
 CHECKED_SUBRESOURCES = frozenset({"", "ephemeralcontainers"})
 CHECKED_OPERATIONS = frozenset({"CREATE", "UPDATE"})
@@ -24,6 +25,12 @@ OK_STATUSES = frozenset({EXISTS, REPLICATED})
 MAX_IMAGES = 100
 #: Kubernetes truncates long warnings; keep each one readable in kubectl's output
 MAX_WARNING = 250
+#: kinds that are pods (pods/ephemeralcontainers before 1.22 came as EphemeralContainers): a node
+#: pulls their images as soon as they are admitted, so a copy in progress keeps them out, and their
+#: controllers retry. Every other kind only templates pods, and nobody retries a refused ``kubectl
+#: apply``: it is admitted while its copies run (issue "Pods-first replication").
+POD_KINDS = frozenset({"Pod", "EphemeralContainers"})
+REPLICATING_WARNING = "replicating; its pods are admitted once the copy is complete"
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,11 @@ def _describe(result: CheckResult) -> str:
     return f"{result.image}: {result.reason}{detail}"
 
 
+def _replicating(result: CheckResult) -> str:
+    progress = f" ({result.detail})" if result.detail else ""
+    return f"imgrep: {result.image}: {REPLICATING_WARNING}{progress}"[:MAX_WARNING]
+
+
 def decide(
     request: AdmissionRequest,
     results: Sequence[CheckResult],
@@ -88,15 +100,23 @@ def decide(
     """Deny naming every failing image, unless audit mode or the error policy allows.
 
     ``REGISTRY_ERROR_POLICY=allow`` only forgives temporary registry trouble
-    (unreachable, 5xx, timeouts), never a missing image or a refused login.
+    (unreachable, 5xx, timeouts), never a missing image or a refused login. A workload
+    whose images are still being copied is allowed with a warning; a Pod is not.
     """
     failures = [r for r in results if r.status not in OK_STATUSES]
-    vouched = tuple(f"imgrep: {_describe(r)}"[:MAX_WARNING] for r in results if r.status in OK_STATUSES and r.reason)
+    # warnings about images that are admitted: served from the target, or (workloads) still copying
+    notes = tuple(f"imgrep: {_describe(r)}"[:MAX_WARNING] for r in results if r.status in OK_STATUSES and r.reason)
+    if request.kind not in POD_KINDS:
+        copying = [r for r in failures if r.copying]
+        failures = [r for r in failures if not r.copying]
+        notes += tuple(_replicating(r) for r in copying)
+        if copying and not failures:
+            return Decision(True, "replicating_allowed", warnings=notes)
     if not failures:
-        return Decision(True, "served_from_target" if vouched else "ok", warnings=vouched)
+        return Decision(True, "served_from_target" if notes else "ok", warnings=notes)
     forgiven = [r for r in failures if error_policy == "allow" and r.temporary]
     blocking = [r for r in failures if r not in forgiven]
-    warnings = vouched + tuple(
+    warnings = notes + tuple(
         f"imgrep: {_describe(r)}"[:MAX_WARNING] for r in (failures if mode == "audit" else forgiven))
     if not blocking:
         return Decision(True, "registry_error_allowed", warnings=warnings)

@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Mapping
 from urllib.parse import urlencode, urljoin
 
 from .auth import Token, TokenCache, basic_header, parse_token_response, pull_scope, push_scope, token_request
-from .credentials import Credential, CredentialStore
+from .credentials import Credential, CredentialLookup
 from .digest import compute, is_digest
 from .errors import (
     DigestMismatch,
@@ -78,7 +78,7 @@ class RegistryClient:
     def __init__(
         self,
         transport: Transport,
-        credentials: CredentialStore,
+        credentials: CredentialLookup,
         *,
         tokens: TokenCache | None = None,
         retry: RetryPolicy = RetryPolicy(),
@@ -209,6 +209,14 @@ class RegistryClient:
         except (ManifestNotFound, RegistryProtocolError):
             return None
 
+    def authorize(self, repo: Repo, scopes: tuple[str, ...], deadline: float) -> None:
+        """Get the token ``scopes`` need before the requests that need it, so a copy can obtain
+        upload rights while it reads the source. Nothing happens until a request has learnt the
+        registry's challenge, nor for registries that do not use tokens."""
+        challenge = self._challenges.get(repo.registry)
+        if challenge is not None and challenge.scheme == "bearer":
+            self._authorization(repo, challenge, scopes, self.credentials.lookup(repo.registry), deadline)
+
     def _location(self, repo: Repo, response: Response) -> str:
         location = response.header("Location")
         if not location:
@@ -281,7 +289,8 @@ class RegistryClient:
         return RegistryProtocolError(repo.registry, detail or f"unexpected answer to {method}", **where)
 
     def _authorized(self, repo, scopes, method, url, headers, body, deadline) -> Response:
-        credential = self.credentials.lookup(repo.registry)
+        credential = self.credentials.lookup(repo.registry, repository=repo.repository,
+                                             push=push_scope(repo.repository) in scopes, deadline=deadline)
         challenge = self._challenges.get(repo.registry)
         fresh = False
         if challenge is not None:

@@ -2,8 +2,9 @@
 
 Concurrent admissions of one image share one copy job. A job that outlives its
 admission request goes on in the background (bounded by ``REGISTRY_TIMEOUT``) and
-the request is denied with ``replicating, retry shortly``; controllers retry and the
-next request after the copy finishes is allowed. A failed copy is reported with its
+its result says ``copying``: a Pod is denied with ``replicating, retry shortly``
+(controllers retry, and the next request after the copy finishes is allowed), a
+workload is allowed with a warning (``policy.decide``). A failed copy is reported with its
 reason and retried only after a backoff that grows with each failure.
 """
 
@@ -100,15 +101,18 @@ class Replicator:
         return Repo(self.target.host, target_repository(reference, self.target, self.include_registry))
 
     def replicate_all(self, results: list[CheckResult], deadline: float,
-                      copy_client: Callable[[Reference], RegistryClient | None] | None = None) -> list[CheckResult]:
+                      copy_client: Callable[[Reference], RegistryClient | None] | None = None, *,
+                      wait_for_copies: bool = True) -> list[CheckResult]:
         """Each existing image copied (or found) in the target; others pass through unchanged.
 
         Source errors are turned into allowance with a warning when the target holds the
         tag (SPEC: "source unreachable but the target already holds the tag"). ``copy_client`` gives
         the client a copy reads its source with (a tenant's pull secret), None for imgrep's own.
+        Without ``wait_for_copies`` a copy is started (or joined) but only one already done counts.
         """
         slots = [self._start(result, deadline, copy_client) for result in results]
-        pending = [slot[1] for slot in slots if slot[1] is not None]
+        pending = [future for result, future in slots
+                   if future is not None and (wait_for_copies or result.status == ERROR)]
         if pending:
             wait(pending, timeout=max(0.0, deadline - self.clock()))
         return [self._settle(result, future) for result, future in slots]
@@ -116,6 +120,8 @@ class Replicator:
     def _start(self, result: CheckResult, deadline: float, copy_client=None) -> tuple[CheckResult, Future | None]:
         ref = result.reference
         if ref is None:
+            return result, None
+        if self.target.contains(ref.registry, ref.repository):  # a copy already (a mutated Pod's): checked there
             return result, None
         if result.status == ERROR and result.temporary:
             return result, self._probes.submit(self._target_holds, result, deadline)
@@ -206,7 +212,7 @@ class Replicator:
             progress = f" ({job.progress.describe()})" if job else ""
             # not temporary for REGISTRY_ERROR_POLICY: nodes cannot pull what is not there yet
             return replace(result, status=ERROR, reason="replicating, retry shortly", detail=progress.strip(" ()"),
-                           temporary=False)
+                           temporary=False, copying=True)
         error = future.exception()
         if error is not None:
             return replace(result, status=ERROR, reason="replication failed", detail=_failure_reason(error),

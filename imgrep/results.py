@@ -26,6 +26,9 @@ class CheckResult:
     detail: str = ""  # one line for operators
     cached: bool = False
     temporary: bool = False
+    #: the image exists in its source and its copy to the target is still running: a
+    #: workload is admitted meanwhile, a Pod is not (README "Replication")
+    copying: bool = False
 
     @property
     def registry(self) -> str:

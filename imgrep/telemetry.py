@@ -32,6 +32,8 @@ class Telemetry:
         self.admission_duration = r.histogram(
             "imgrep_admission_duration_seconds", "Time to answer an admission request.", buckets=ADMISSION_BUCKETS)
         self.admission_in_flight = r.gauge("imgrep_admission_in_flight", "Admission requests being answered.")
+        self.mutation_requests = r.counter(
+            "imgrep_mutation_requests_total", "Mutation requests (POST /mutate) answered.", ("result", "reason"))
         self.image_checks = r.counter(
             "imgrep_image_checks_total", "Image existence checks by outcome.", ("registry", "result"))
         self.registry_requests = r.counter(

@@ -8,7 +8,9 @@ namespace only, cached for ``PULL_SECRET_CACHE_SECONDS`` (bounded), and turned i
 checked with that Secret, by a registry client of its own (its own token cache and
 remembered challenges), and its result is cached under the Secret's scope. An
 admission that does not name the same Secret in the same namespace never sees that
-result. Images no Secret covers are checked with imgrep's own credentials, as before.
+result. Images no Secret covers are checked with imgrep's own lookup: its static
+credentials first, then the cloud providers (``credsource``). A copy reads its source
+with the Secret and writes the target with imgrep's own lookup.
 
 A Secret that cannot be read (missing, forbidden, API down, not a pull secret) is
 passed over like the kubelet passes over it, with a log line that names it and, when
@@ -17,6 +19,7 @@ RBAC refused, the permission; the images are then checked with imgrep's credenti
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -25,7 +28,7 @@ from typing import Callable
 
 from .admission import AdmissionRequest
 from .cache import TTLCache
-from .credentials import CredentialStore
+from .credentials import Credential, CredentialLookup, CredentialStore, normalise_registry
 from .kube_api import SECRETS, SERVICE_ACCOUNTS, KubeError, KubeForbidden, KubeNotFound
 from .kube_client import KubeClient
 from .logs import Logger
@@ -59,6 +62,25 @@ class _Read:
     names: tuple[str, ...] = ()
 
 
+class _SecretFirst:
+    """A copy's credentials: the Secret's for the registry it covers, imgrep's own lookup for the rest.
+
+    The order is README "Pull secrets": a Secret the object names wins for its registry over
+    imgrep's static credentials and cloud providers, which answer for every other host.
+    """
+
+    def __init__(self, registry: str, credential: Credential | None, own: CredentialLookup):
+        self.registry = normalise_registry(registry)
+        self.credential = credential
+        self.own = own
+
+    def lookup(self, registry: str, *, repository: str = "", push: bool = False,
+               deadline: float = math.inf) -> Credential | None:
+        if normalise_registry(registry) == self.registry:
+            return self.credential
+        return self.own.lookup(registry, repository=repository, push=push, deadline=deadline)
+
+
 class TenantRoute:
     """The clients one admission's images are checked (and copied) with."""
 
@@ -87,7 +109,7 @@ class PullSecretSource:
         self,
         kube: KubeClient,
         transport: Transport,
-        own: CredentialStore,
+        own: CredentialLookup,
         logger: Logger,
         *,
         cache_seconds: float,
@@ -126,12 +148,16 @@ class PullSecretSource:
             if client is not None:
                 self._clients.move_to_end(key)
                 return client
-        store = {registry: secret.for_registry(registry)}
-        if for_copy:
-            # every other registry, the target above all, keeps imgrep's own credentials, even
-            # when the image already names the target's host
-            store = {**self.own.by_registry, **(store if registry != self.target_host else {})}
-        client = RegistryClient(self.transport, CredentialStore(store))
+        credential = secret.for_registry(registry)
+        if not for_copy:
+            credentials: CredentialLookup = CredentialStore({normalise_registry(registry): credential})
+        elif normalise_registry(registry) == normalise_registry(self.target_host):
+            # an image that already names the target's host: the target keeps imgrep's own credentials
+            credentials = self.own
+        else:
+            # every other registry, the target above all, keeps imgrep's own lookup, cloud providers included
+            credentials = _SecretFirst(registry, credential, self.own)
+        client = RegistryClient(self.transport, credentials)
         with self._lock:
             self._clients[key] = client
             while len(self._clients) > MAX_CLIENTS:

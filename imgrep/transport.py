@@ -14,6 +14,7 @@ its pattern (README "Reliability": deadlines and bulkheads).
 
 from __future__ import annotations
 
+import functools
 import http.client
 import math
 import socket
@@ -181,8 +182,12 @@ class Transport:
         timeout: float = 30.0,
         observe: Observer | None = None,
         tls: ssl.SSLContext | None = None,
+        exempt: frozenset[tuple[str, int]] = frozenset(),
     ):
+        """``exempt``: (IP, port) pairs the address guard lets through, for a credential
+        provider's own transport only (imgrep.providers); the registries' transport has none."""
         self.insecure = insecure_registries
+        self._exempt = exempt
         self.timeout = timeout
         self._observe = observe or (lambda *args: None)
         # ``tls``: a context of the caller's (the Kubernetes client trusts the cluster CA only
@@ -291,7 +296,8 @@ class Transport:
             connection = http.client.HTTPSConnection(origin.host, origin.port, timeout=timeout, context=self._tls)
         else:
             connection = http.client.HTTPConnection(origin.host, origin.port, timeout=timeout)
-        connection._create_connection = _guarded_connect  # every connect, redirects and token realms included
+        # every connect, redirects and token realms included
+        connection._create_connection = functools.partial(_guarded_connect, exempt=self._exempt)
         return connection, False
 
     def _release(self, origin: _Origin, connection: http.client.HTTPConnection, reusable: bool) -> None:
@@ -329,7 +335,8 @@ class Transport:
                 connection.close()
 
 
-def _guarded_connect(address: tuple[str, int], timeout: float, source_address=None) -> socket.socket:
+def _guarded_connect(address: tuple[str, int], timeout: float, source_address=None, *,
+                     exempt: frozenset[tuple[str, int]] = frozenset()) -> socket.socket:
     """``socket.create_connection`` that refuses netpolicy's addresses.
 
     The address checked is the address connected to, so a name that resolves
@@ -338,7 +345,7 @@ def _guarded_connect(address: tuple[str, int], timeout: float, source_address=No
     host, port = address
     refused, last_error = "", None
     for family, kind, protocol, _, sockaddr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
-        reason = refusal(sockaddr[0])
+        reason = None if (sockaddr[0].split("%", 1)[0], sockaddr[1]) in exempt else refusal(sockaddr[0])
         if reason:
             refused = reason
             continue

@@ -14,17 +14,17 @@ from typing import Callable
 from .admission import WORKLOAD_KINDS, AdmissionRequest, decode_review, encode_response
 from .checker import ImageChecker
 from .results import CheckResult
-from .config import Config
+from .config import MUTATE_TARGET, Config
 from .errors import BadAdmissionReview
 from .inventory import Inventory
 from .inventory_store import InventoryStore
 from .logs import Logger
-from .policy import Decision, decide, too_many_images, triage
+from .policy import POD_KINDS, Decision, decide, too_many_images, triage
 from .replicator import Replicator
 from .telemetry import Telemetry
 from .tenant_credentials import PullSecretSource
 
-__all__ = ["Webhook", "JSON"]
+__all__ = ["Webhook", "JSON", "read_review", "error_body", "log_fields"]
 
 JSON = "application/json"
 #: share of the admission budget kept back from source checks when replicating: a source
@@ -35,8 +35,21 @@ TARGET_FALLBACK_SHARE = 0.25
 _OPERATIONS = frozenset({"CREATE", "UPDATE", "DELETE", "CONNECT"})
 
 
-def _error_body(reason: str) -> bytes:
+def error_body(reason: str) -> bytes:
     return json.dumps({"error": reason}).encode("utf-8")
+
+
+def log_fields(request: AdmissionRequest) -> dict[str, str]:
+    """What each log line about a request names first: a Pod's mutation and admission lines share them."""
+    return {"uid": request.uid, "kind": request.kind, "operation": request.operation,
+            "namespace": request.namespace, "name": request.name}
+
+
+def read_review(body: bytes, content_type: str) -> AdmissionRequest:
+    """The request of an AdmissionReview body; BadAdmissionReview (its status a 4xx) when there is none."""
+    if content_type.split(";")[0].strip().lower() != JSON:
+        raise BadAdmissionReview("Content-Type must be application/json", status=415)
+    return decode_review(body)
 
 
 class Webhook:
@@ -69,14 +82,12 @@ class Webhook:
         started = self.clock()
         self.telemetry.admission_in_flight.inc()
         try:
-            if content_type.split(";")[0].strip().lower() != JSON:
-                raise BadAdmissionReview("Content-Type must be application/json", status=415)
-            request = decode_review(body)
+            request = read_review(body, content_type)
             decision, results = self._decide(request, started + self.config.admission_budget_seconds)
             self._remember(request, results)
         except BadAdmissionReview as exc:
             self.logger.warning("bad_request", reason=exc.reason, status=exc.status)
-            return exc.status, _error_body(exc.reason)
+            return exc.status, error_body(exc.reason)
         finally:
             self.telemetry.admission_in_flight.dec()
         elapsed = self.clock() - started
@@ -93,15 +104,29 @@ class Webhook:
         if refused is not None:
             return refused, []
         replicate = self.replicator is not None and not request.dry_run  # sideEffects: NoneOnDryRun
-        reserve = self.config.admission_budget_seconds * TARGET_FALLBACK_SHARE if replicate else 0.0
-        # the namespace's pull secrets, for the images their registries cover (README "Pull secrets")
-        route = self.pull_secrets.route(request, deadline) if self.pull_secrets is not None else None
-        results = self.checker.check_all(list(request.new_images), deadline - reserve, route)
-        self._count_checks(results)
-        if replicate:
-            results = self.replicator.replicate_all(results, deadline, route.copy_client if route else None)
+        # With Pods pointed at the mirror, /mutate has waited for their copies and rewritten what was
+        # done. A copy that completed while validation waited would admit the Pod as written, unmirrored.
+        pointed = self.config.mutate == MUTATE_TARGET and request.kind in POD_KINDS
+        results = self.look_up(list(request.new_images), deadline, replicate=replicate, wait_for_copies=not pointed,
+                               request=request)
         decision = decide(request, results, mode=self.config.mode, error_policy=self.config.registry_error_policy)
         return decision, results
+
+    def look_up(self, images: list[str], deadline: float, *, replicate: bool, wait_for_copies: bool = True,
+                request: AdmissionRequest | None = None) -> list[CheckResult]:
+        """One check result per image within ``deadline``; with ``replicate``, copied to the target too
+        (the mutating endpoint asks the same, and shares the same lookups and copies). ``request``'s
+        pull secrets check and copy the images their registries cover (README "Pull secrets")."""
+        reserve = self.config.admission_budget_seconds * TARGET_FALLBACK_SHARE if replicate else 0.0
+        route = None
+        if request is not None and self.pull_secrets is not None:
+            route = self.pull_secrets.route(request, deadline)
+        results = self.checker.check_all(images, deadline - reserve, route)
+        self._count_checks(results)
+        if replicate:
+            results = self.replicator.replicate_all(results, deadline, route.copy_client if route else None,
+                                                    wait_for_copies=wait_for_copies)
+        return results
 
     def _remember(self, request: AdmissionRequest, results: list[CheckResult]) -> None:
         """Every image of the request; those not checked this time (skipped, excluded, already in
@@ -132,11 +157,7 @@ class Webhook:
         log = self.logger.info if decision.allowed and not decision.warnings else self.logger.warning
         log(
             "admission",
-            uid=request.uid,
-            kind=request.kind,
-            operation=request.operation,
-            namespace=request.namespace,
-            name=request.name,
+            **log_fields(request),
             images=list(request.images),
             result=result,
             reason=decision.reason,

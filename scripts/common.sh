@@ -87,26 +87,30 @@ write_overlay() {
     } >"$dir/kustomization.yaml"
 }
 
-# write_workload_overlay DIR: prints the path of a sibling overlay that builds DIR
-# without the webhook configuration. Applied first and waited for, it lets imgrep
-# become ready before the API server starts calling it: registered earlier, a
-# webhook with failurePolicy Fail rejects every checked pod until imgrep answers.
+# write_workload_overlay DIR [KIND...]: prints the path of a sibling overlay that builds
+# DIR without its webhook configurations (the KINDs named $APP, by default the
+# ValidatingWebhookConfiguration). Applied first and waited for, it lets imgrep become
+# ready before the API server starts calling it: registered earlier, a webhook with
+# failurePolicy Fail rejects every checked pod until imgrep answers.
 write_workload_overlay() {
-    local dir=$1 workload
+    local dir=$1 workload kind
+    shift
+    (($#)) || set -- ValidatingWebhookConfiguration
     workload=$(mktemp -d "${dir%/*}/workload.XXXXXX")
-    cat >"$workload/kustomization.yaml" <<YAML
-apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-resources:
-  - ../${dir##*/}
-patches:
+    {
+        printf 'apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n'
+        printf '  - ../%s\npatches:\n' "${dir##*/}"
+        for kind in "$@"; do
+            cat <<YAML
   - patch: |-
       apiVersion: admissionregistration.k8s.io/v1
-      kind: ValidatingWebhookConfiguration
+      kind: $kind
       metadata:
         name: $APP
       \$patch: delete
 YAML
+        done
+    } >"$workload/kustomization.yaml"
     printf '%s\n' "$workload"
 }
 

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.helpers.aws import ECR_CREDENTIALS, Aws
 from tests.helpers.registry import RegistryServer
 from tests.helpers.tokenserver import TokenServer
 
@@ -38,4 +39,18 @@ def token_server() -> Iterator[TokenServer]:
 @pytest.fixture(scope="session")
 def registry_token(token_server: TokenServer) -> Iterator[RegistryServer]:
     with RegistryServer(auth="token", token_server=token_server) as registry:
+        yield registry
+
+
+@pytest.fixture(scope="session")
+def aws() -> Iterator[Aws]:
+    """moto's STS and ECR behind one counting fault proxy each; tests call ``aws.reset()`` first."""
+    with Aws() as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def ecr_registry() -> Iterator[RegistryServer]:
+    """The 'ECR registry': htpasswd with exactly the credentials moto's GetAuthorizationToken hands out."""
+    with RegistryServer(auth="basic", username=ECR_CREDENTIALS[0], password=ECR_CREDENTIALS[1]) as registry:
         yield registry

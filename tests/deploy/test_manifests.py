@@ -1,5 +1,6 @@
-"""The manifests `kubectl apply -k deploy` and `kubectl apply -k deploy/cert-manager`
-would apply, checked against SPEC and against what the server really does."""
+"""The manifests `kubectl apply -k deploy`, `kubectl apply -k deploy/cert-manager` and
+`kubectl apply -k deploy/mutating` would apply, checked against SPEC, against the
+official Kubernetes schemas, and against what the server really does."""
 
 from __future__ import annotations
 
@@ -8,8 +9,7 @@ import json
 import pytest
 
 from imgrep import cluster_inventory, copy_leases, replica_inventory, tenant_credentials
-from tests.deploy.kube import REPO, find, kustomize, offline_env, yaml_to_objects
-from tests.helpers.binaries import require_binary
+from tests.deploy.kube import REPO, find, kustomize, yaml_to_objects
 from tests.helpers.kubeapi import validate
 
 NAMESPACE = "image-replicator"
@@ -29,18 +29,8 @@ KNOWN_SETTINGS = {
     "REGISTRY_ERROR_POLICY", "CACHE_TTL_SECONDS", "EXCLUDED_NAMESPACES", "INSECURE_REGISTRIES",
     "REGISTRY_CA_FILE", "DOCKER_CONFIG_JSON", "DOCKER_CONFIG_PATH", "REQUIRE_CREDENTIALS",
     "ALLOWED_REGISTRIES", "INVENTORY_MAX", "INVENTORY_FILE", "DEBUG", "LOG_FORMAT",
-    "SHUTDOWN_DELAY_SECONDS", "MAX_CONNECTIONS", "COPY_CONCURRENCY",
+    "SHUTDOWN_DELAY_SECONDS", "MAX_CONNECTIONS", "COPY_CONCURRENCY", "MUTATE",
 }
-
-
-@pytest.fixture(scope="module")
-def kubectl() -> str:
-    return require_binary("kubectl")
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict[str, str]:
-    return offline_env(tmp_path_factory.mktemp("kube"))
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +44,20 @@ def with_cert_manager(kubectl, env) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
+def mutating(kubectl, env) -> list[dict]:
+    return kustomize(kubectl, REPO / "deploy" / "mutating", env)
+
+
+@pytest.fixture(scope="module")
 def audit(kubectl, env) -> list[dict]:
     return kustomize(kubectl, REPO / "deploy" / "audit", env)
 
 
-@pytest.fixture(params=["plain", "with_cert_manager"])
+#: every kustomization a cluster may be given
+VARIANTS = ["plain", "with_cert_manager", "mutating", "audit"]
+
+
+@pytest.fixture(params=["plain", "with_cert_manager", "mutating"])
 def built(request) -> list[dict]:
     """Checks that hold for both ways of installing."""
     return request.getfixturevalue(request.param)
@@ -84,7 +83,8 @@ def webhook(objects: list[dict]) -> dict:
 
 
 def test_every_namespaced_object_is_in_the_imgrep_namespace(built):
-    cluster_scoped = {"Namespace", "ValidatingWebhookConfiguration", "ClusterRole", "ClusterRoleBinding"}
+    cluster_scoped = {"Namespace", "ValidatingWebhookConfiguration", "MutatingWebhookConfiguration", "ClusterRole",
+                      "ClusterRoleBinding"}
     assert find(built, "Namespace", NAMESPACE)
     for obj in built:
         if obj["kind"] not in cluster_scoped:
@@ -298,16 +298,18 @@ def test_dockerfile_builds_with_the_runtime_python_and_runs_the_zipapp_as_non_ro
 # --- every variant against the official schemas ------------------------------------------
 
 
-@pytest.mark.parametrize("variant", ["plain", "with_cert_manager", "audit"])
-def test_every_variant_passes_strict_schema_validation(request, variant):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_object_passes_the_official_schema_with_unknown_fields_refused(request, variant):
     """Strict: an unknown or misplaced field fails. cert-manager's kinds are CRDs with no schema there."""
     objects = request.getfixturevalue(variant)
-    unchecked = []
+    unchecked, checked = [], set()
     for obj in objects:
         if obj["apiVersion"].startswith("cert-manager.io/"):
             unchecked.append(obj["kind"])
             continue
         validate(obj)
+        checked.add(obj["kind"])
+    assert {"Deployment", "Service", "ValidatingWebhookConfiguration", "NetworkPolicy", "ClusterRole"} <= checked
     assert set(unchecked) <= {"Issuer", "Certificate"}
     assert bool(unchecked) == (variant == "with_cert_manager")
 
@@ -333,7 +335,7 @@ def rules_of(objects: list[dict]) -> set[tuple[str, str, str]]:
     return granted
 
 
-@pytest.mark.parametrize("variant", ["plain", "with_cert_manager", "audit"])
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_rbac_grants_exactly_what_the_cluster_features_use(request, variant):
     """No wildcard, no list or watch of Secrets: what each feature declares it needs, no more (the
     features' integration tests hold each to its declaration)."""
@@ -369,3 +371,45 @@ def test_audit_variant_sees_kube_system_and_never_blocks(audit, plain):
     assert webhook(plain)["failurePolicy"] == "Fail" and env_values(plain)["MODE"] == "enforce"
     unchanged = {k: v for k, v in settings.items() if k not in ("MODE", "EXCLUDED_NAMESPACES")}
     assert unchanged == {k: v for k, v in env_values(plain).items() if k not in ("MODE", "EXCLUDED_NAMESPACES")}
+
+
+# --- the mutating variant ------------------------------------------------------------------------
+
+
+def mutating_webhook(objects: list[dict]) -> dict:
+    (only,) = find(objects, "MutatingWebhookConfiguration", APP)["webhooks"]
+    return only
+
+
+def test_mutating_install_adds_the_mutating_webhook_and_turns_mutation_on(plain, mutating):
+    def key(o):
+        return o["kind"], o["metadata"]["name"]
+
+    assert {key(o) for o in mutating} - {key(o) for o in plain} == {("MutatingWebhookConfiguration", APP)}
+    assert find(mutating, "ValidatingWebhookConfiguration", APP) == find(plain, "ValidatingWebhookConfiguration", APP)
+    settings, plain_settings = env_values(mutating), env_values(plain)
+    assert settings["MUTATE"] == "true"
+    assert settings["TARGET_REGISTRY"]  # MUTATE=true without it stops imgrep at start
+    assert {k: v for k, v in settings.items() if k not in ("MUTATE", "TARGET_REGISTRY")} == plain_settings
+    assert "MUTATE" not in plain_settings  # off unless asked for
+
+
+def test_mutating_webhook_is_for_pods_only_and_reinvoked_when_a_later_webhook_changes_them(mutating):
+    hook = mutating_webhook(mutating)
+    assert hook["clientConfig"]["service"] == {"name": APP, "namespace": NAMESPACE, "path": "/mutate", "port": 443}
+    assert "caBundle" not in hook["clientConfig"]  # scripts/deploy.sh --mutating fills it in
+    assert hook["rules"] == [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+                              "resources": ["pods"], "scope": "Namespaced"}]
+    assert hook["reinvocationPolicy"] == "IfNeeded"
+    assert hook["sideEffects"] == "NoneOnDryRun"
+    assert hook["admissionReviewVersions"] == ["v1", "v1beta1"]
+    assert hook["matchPolicy"] == "Equivalent"
+    assert hook["failurePolicy"] == "Fail"
+    assert float(env_values(mutating)["ADMISSION_BUDGET_SECONDS"]) < hook["timeoutSeconds"] <= 10
+    assert hook["name"] != webhook(mutating)["name"]
+
+
+def test_mutating_webhook_skips_what_the_validating_one_skips(mutating):
+    hook, validating = mutating_webhook(mutating), webhook(mutating)
+    assert hook["namespaceSelector"] == validating["namespaceSelector"]
+    assert hook["objectSelector"] == validating["objectSelector"]

@@ -19,6 +19,7 @@ import pytest
 
 from tests.deploy.kube import REPO, find, offline_env, run, yaml_to_objects
 from tests.helpers.binaries import require_binary
+from tests.helpers.serving import start_serving, stop_process
 
 SCRIPTS = REPO / "scripts"
 SERVER_NAME = "image-replicator.image-replicator.svc"
@@ -34,11 +35,6 @@ ENTRY_POINTS = ["generate-certs.sh", "deploy.sh", "deploy-cert-manager.sh"]
 @pytest.fixture(scope="module")
 def openssl() -> str:
     return require_binary("openssl")
-
-
-@pytest.fixture(scope="module")
-def kubectl() -> str:
-    return require_binary("kubectl")
 
 
 @pytest.fixture
@@ -161,48 +157,19 @@ def test_a_client_trusting_only_the_bundle_accepts_the_service_name_and_nothing_
     assert not thread.is_alive()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture
 def imgrep_with_generated_certs(openssl, tmp_path, env):
     """imgrep serving the certificates generate-certs.sh made, stopped after the test."""
     out = tmp_path / "certs"
     bundle_pem = base64.b64decode(generate(out, env).stdout.strip()).decode()
-    port, health_port = free_port(), free_port()
-    server_env = {"PATH": os.environ["PATH"], "PORT": str(port), "HEALTH_PORT": str(health_port),
-                  "TLS_CERT_PATH": str(out / "tls.crt"), "TLS_KEY_PATH": str(out / "tls.key"),
-                  "SHUTDOWN_DELAY_SECONDS": "0"}
-    log = tmp_path / "imgrep.log"
-    with log.open("wb") as log_file:
-        process = subprocess.Popen([sys.executable, "-m", "imgrep", "serve"], cwd=REPO, env=server_env,
-                                   stdout=log_file, stderr=subprocess.STDOUT)
+    server_env = {"PATH": os.environ["PATH"], "TLS_CERT_PATH": str(out / "tls.crt"),
+                  "TLS_KEY_PATH": str(out / "tls.key"), "SHUTDOWN_DELAY_SECONDS": "0"}
+    serving = start_serving([sys.executable, "-m", "imgrep", "serve"], server_env, cwd=REPO,
+                            output=tmp_path / "imgrep.log")
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                health = http.client.HTTPConnection("127.0.0.1", health_port, timeout=2)
-                health.request("GET", "/readyz")
-                if health.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            finally:
-                health.close()
-            assert time.monotonic() < deadline, f"imgrep did not become ready: {log.read_text()}"
-            time.sleep(0.1)
-        yield port, bundle_pem, out
+        yield serving.port, bundle_pem, out
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop_process(serving.process)
 
 
 def test_imgrep_serves_the_generated_certificate_to_a_client_verifying_like_the_api_server(
@@ -275,6 +242,29 @@ def test_deploy_dry_run_is_repeatable_and_sets_the_image(kubectl, tmp_path, env)
     assert container["image"] == "registry.example.com:5000/imgrep:1.2.3"
 
 
+def test_deploy_mutating_dry_run_bundles_the_ca_into_both_webhooks(kubectl, tmp_path, env):
+    certs = tmp_path / "certs"
+    objects = yaml_to_objects(kubectl, dry_run("deploy.sh", env, "--cert-dir", str(certs), "--mutating"), env)
+    for kind in ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"):
+        (hook,) = find(objects, kind, "image-replicator")["webhooks"]
+        assert base64.b64decode(hook["clientConfig"]["caBundle"]) == (certs / "ca.crt").read_bytes()
+    (container,) = find(objects, "Deployment", "image-replicator")["spec"]["template"]["spec"]["containers"]
+    assert {"name": "MUTATE", "value": "true"} in container["env"]
+
+
+@pytest.mark.parametrize("kinds", [(), ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration")])
+def test_the_workload_overlay_leaves_out_every_webhook_configuration(kubectl, tmp_path, env, kinds):
+    overlay = tmp_path / "full"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        f"resources:\n  - {os.path.relpath(REPO / 'deploy' / 'mutating', overlay)}\n")
+    script = f'. {SCRIPTS / "common.sh"}; write_workload_overlay "$1" "${{@:2}}"'
+    workload = run(["bash", "-c", script, "bash", str(overlay), *kinds], env).strip()
+    built = {o["kind"] for o in yaml_to_objects(kubectl, run([kubectl, "kustomize", workload], env), env)}
+    assert "Deployment" in built and "ValidatingWebhookConfiguration" not in built
+    assert ("MutatingWebhookConfiguration" in built) is not bool(kinds)  # by default only the validating one
+
+
 def test_deploy_renews_a_serving_certificate_close_to_expiry_under_the_same_ca(openssl, tmp_path, env):
     certs = tmp_path / "certs"
     bundle = generate(certs, env, "--days", "1").stdout.strip()
@@ -310,3 +300,11 @@ def test_deploy_dry_run_with_audit_prints_the_development_cluster_variant(kubect
     (container,) = find(objects, "Deployment", "image-replicator")["spec"]["template"]["spec"]["containers"]
     assert {"name": "MODE", "value": "audit"} in container["env"]
     assert find(objects, "Secret", "image-replicator-tls")["type"] == "kubernetes.io/tls"
+
+
+def test_deploy_refuses_audit_and_mutating_together_before_making_anything(tmp_path, env):
+    """Two kustomizations of deploy/base of their own: one install is one of them."""
+    done = subprocess.run([str(SCRIPTS / "deploy.sh"), "--dry-run", "--audit", "--mutating",
+                           "--cert-dir", str(tmp_path / "c")], capture_output=True, text=True, env=env, timeout=30)
+    assert done.returncode == 1 and "--audit and --mutating are separate installs" in done.stderr
+    assert not (tmp_path / "c").exists()

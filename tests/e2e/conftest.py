@@ -18,7 +18,6 @@ import ssl
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,24 +26,13 @@ import pytest
 from tests.helpers.certs import CertPaths, make_ca_and_cert
 from tests.helpers.images import make_image, make_index, push_image
 from tests.helpers.registry import RegistryServer
+from tests.helpers.serving import STOP_TIMEOUT_SECONDS, start_serving, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 ZIPAPP = ROOT / "dist" / "imgrep.pyz"
 #: the name the API server checks the webhook's certificate against
 SERVICE_NAME = "image-replicator.image-replicator.svc"
-#: a webhook that is not ready by then will not be
-READY_TIMEOUT_SECONDS = 10.0
-#: SIGTERM → exit, including SHUTDOWN_DELAY_SECONDS
-STOP_TIMEOUT_SECONDS = 10.0
-#: a free port can be taken between probing and binding; start again on new ones
-START_ATTEMPTS = 3
 HTTP_TIMEOUT_SECONDS = 10.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _get(connection: http.client.HTTPConnection, path: str) -> tuple[int, str, bytes]:
@@ -93,10 +81,10 @@ class Webhook:
     # lifecycle --------------------------------------------------------------------
 
     def __enter__(self) -> Webhook:
-        for _attempt in range(START_ATTEMPTS):
-            if self._start():
-                return self
-        raise RuntimeError(f"imgrep found no free ports in {START_ATTEMPTS} attempts:\n{self.output()[-2000:]}")
+        serving = start_serving([sys.executable, str(ZIPAPP)], self._environment(), cwd=self.directory,
+                                output=self.output_path)
+        self.process, self.port, self.health_port = serving.process, serving.port, serving.health_port
+        return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
@@ -105,36 +93,12 @@ class Webhook:
         return {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "LANG": "C.UTF-8",
-            "PORT": str(self.port),
-            "HEALTH_PORT": str(self.health_port),
             "TLS_CERT_PATH": str(self.certs.cert),
             "TLS_KEY_PATH": str(self.certs.key),
             "SHUTDOWN_DELAY_SECONDS": "0",
             "LOG_FORMAT": "json",
             **self.extra_env,
         }
-
-    def _start(self) -> bool:
-        """Start and wait for /readyz; False when a port was taken under us."""
-        self.port, self.health_port = free_port(), free_port()
-        with open(self.output_path, "ab") as output:
-            self.process = subprocess.Popen([sys.executable, str(ZIPAPP)], cwd=self.directory,
-                                            env=self._environment(), stdin=subprocess.DEVNULL,
-                                            stdout=output, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                if "cannot listen" in self.output():
-                    return False
-                raise RuntimeError(f"imgrep exited {self.process.returncode} at start:\n{self.output()[-4000:]}")
-            try:
-                if self.health("/readyz")[0] == 200:
-                    return True
-            except OSError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise TimeoutError(f"imgrep was not ready in {READY_TIMEOUT_SECONDS} s:\n{self.output()[-4000:]}")
 
     def terminate(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -143,14 +107,8 @@ class Webhook:
         return self.process.wait(timeout=timeout)
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.terminate()
-        try:
-            self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
+        if self.process is not None:
+            stop_process(self.process)
 
     # talking to it ------------------------------------------------------------------
 
@@ -158,21 +116,21 @@ class Webhook:
         return ApiServerConnection(self.port, self.certs.ca_cert)
 
     def post(self, body: bytes, content_type: str = "application/json",
-             connection: ApiServerConnection | None = None) -> tuple[int, bytes]:
-        """POST /validate; on ``connection`` (kept open) or on a new one closed afterwards."""
+             connection: ApiServerConnection | None = None, path: str = "/validate") -> tuple[int, bytes]:
+        """POST ``path``; on ``connection`` (kept open) or on a new one closed afterwards."""
         own = connection is None
         connection = connection or self.connect()
         try:
-            connection.request("POST", "/validate", body=body, headers={"Content-Type": content_type})
+            connection.request("POST", path, body=body, headers={"Content-Type": content_type})
             response = connection.getresponse()
             return response.status, response.read()
         finally:
             if own:
                 connection.close()
 
-    def admit(self, review: dict, connection: ApiServerConnection | None = None) -> dict:
-        """The AdmissionReview answer to ``review``, which must come back as HTTP 200."""
-        status, body = self.post(json.dumps(review).encode(), connection=connection)
+    def admit(self, review: dict, connection: ApiServerConnection | None = None, path: str = "/validate") -> dict:
+        """The AdmissionReview answer to ``review`` from ``path``, which must come back as HTTP 200."""
+        status, body = self.post(json.dumps(review).encode(), connection=connection, path=path)
         assert status == 200, body
         return json.loads(body)
 
@@ -239,6 +197,19 @@ def start_webhook(zipapp: Path, base_env: dict[str, str], tmp_path: Path):
     yield start
     for instance in started:
         instance.stop()
+
+
+@pytest.fixture
+def start_mirroring(start_webhook, base_env: dict[str, str], registry_basic: RegistryServer):
+    """start_mirroring(*hosts, **env): (a webhook replicating to a prefix of its own in the basic-auth
+    registry, that prefix); ``hosts`` are spoken to over plain HTTP too (fault proxies)."""
+    def start(*insecure_hosts: str, **env: str) -> tuple[Webhook, str]:
+        prefix = f"mirror-{secrets.token_hex(4)}"
+        insecure = ",".join([base_env["INSECURE_REGISTRIES"], *insecure_hosts])
+        return start_webhook(TARGET_REGISTRY=f"{registry_basic.host}/{prefix}", INSECURE_REGISTRIES=insecure,
+                             **env), prefix
+
+    return start
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.e2e.conftest import free_port
 from tests.e2e.reviews import absent, decide, review, workload
+from tests.helpers.ports import refusing_port
 
 TIMEOUT_SECONDS = 30
 
@@ -68,8 +68,8 @@ def test_admissions_show_up_in_images_csv_and_the_cli_table_and_survive_a_restar
 
 
 def test_the_cli_says_in_one_line_what_went_wrong(start_webhook, zipapp):
-    nobody = free_port()
-    unreachable = run_cli(zipapp, "--url", f"http://127.0.0.1:{nobody}")
+    with refusing_port() as nobody:
+        unreachable = run_cli(zipapp, "--url", f"http://127.0.0.1:{nobody}")
     bad_url = run_cli(zipapp, "--url", "ftp://example/")
     hook = start_webhook()
     bad_filter = run_cli(zipapp, "--url", f"http://127.0.0.1:{hook.health_port}", "--status", "gone")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tests.e2e.reviews import pod, review
 from tests.helpers.certs import issue_cert
+from tests.helpers.clock import wait_until
 from tests.helpers.images import make_image, push_image
 
 CLIENTS = 8
@@ -84,7 +85,7 @@ def test_sigterm_under_load_drops_no_accepted_request(start_webhook, registry_no
     push_image(registry_noauth, "load/app", "v2", make_image(seed="load2"))
     webhook = start_webhook(SHUTDOWN_DELAY_SECONDS="1")
     with Load(webhook, f"{registry_noauth.host}/load/app:v2") as load:
-        time.sleep(1.0)
+        assert wait_until(lambda: load.answered >= 10 * CLIENTS)  # under load when the signal comes
         webhook.terminate()
         readiness = []
         while webhook.process.poll() is None and len(readiness) < 200:
@@ -129,11 +130,13 @@ def test_certificate_renewed_under_load_fails_no_handshake(start_webhook, regist
         workers = [threading.Thread(target=fresh_connections) for _ in range(2)]
         for worker in workers:
             worker.start()
-        time.sleep(1.0)
+        assert wait_until(lambda: handshakes >= 10)
         renewed = issue_cert(webhook.certs.ca_cert.parent, "renewed-under-load")
         os.replace(renewed.cert, webhook.certs.cert)
         os.replace(renewed.key, webhook.certs.key)
-        time.sleep(2.5)
+        wait_until(lambda: len(served) == 2)  # the files are looked at once a second
+        after_renewal = handshakes
+        wait_until(lambda: handshakes >= after_renewal + 10)  # new connections go on after it
         stop.set()
         for worker in workers:
             worker.join(timeout=10)

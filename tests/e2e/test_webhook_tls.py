@@ -17,11 +17,13 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import SERVICE_NAME, ApiServerConnection, free_port
+from tests.e2e.conftest import SERVICE_NAME, ApiServerConnection
 from tests.e2e.reviews import KINDS, V1, V1BETA1, absent, answer_of, assert_denied, decide, pod, review, workload
 from tests.helpers.binaries import require_binary
 from tests.helpers.certs import issue_cert, make_ca_and_cert
+from tests.helpers.clock import wait_until
 from tests.helpers.images import make_image, push_image
+from tests.helpers.ports import refusing_port
 from tests.helpers.registry import RegistryServer
 
 # --- images --------------------------------------------------------------------------
@@ -138,14 +140,15 @@ def test_audit_mode_allows_with_a_warning_naming_the_missing_image(start_webhook
 
 
 def test_unreachable_registry_follows_the_error_policy(webhook, start_webhook):
-    unreachable = f"127.0.0.1:{free_port()}/team/app:v1"  # nothing listens there
     lenient = start_webhook(REGISTRY_ERROR_POLICY="allow")
+    with refusing_port() as nobody:
+        unreachable = f"127.0.0.1:{nobody}/team/app:v1"
 
-    allowed = decide(lenient, review(pod(unreachable)))
-    assert allowed["allowed"] is True
-    assert any(unreachable in w and "registry unreachable" in w for w in allowed["warnings"]), allowed
+        allowed = decide(lenient, review(pod(unreachable)))
+        assert allowed["allowed"] is True
+        assert any(unreachable in w and "registry unreachable" in w for w in allowed["warnings"]), allowed
 
-    assert_denied(decide(webhook, review(pod(unreachable))), unreachable, "registry unreachable")
+        assert_denied(decide(webhook, review(pod(unreachable))), unreachable, "registry unreachable")
 
 
 def _no_uid_review() -> bytes:
@@ -203,7 +206,9 @@ def test_answer_comes_within_the_budget_when_the_registry_stalls(start_webhook, 
             connection.close()
 
     assert_denied(response, f"{host}/team/app:v1", "registry unreachable")
-    assert elapsed < 1.5, f"answered after {elapsed:.2f} s with a 1 s budget"
+    # the stalled registry would hold the check for the 30 s socket timeout; the second
+    # past the budget is for a busy machine's scheduler, not for imgrep
+    assert elapsed < 2.0, f"answered after {elapsed:.2f} s with a 1 s budget"
 
 
 def test_warm_path_makes_no_registry_request(webhook, registry_noauth):
@@ -285,17 +290,15 @@ def test_renewed_certificate_is_served_to_new_connections_without_restart(start_
         os.replace(renewed.cert, renewing.certs.cert)
         os.replace(renewed.key, renewing.certs.key)
 
-        served_after = served_before
-        deadline = time.monotonic() + 5.0
-        while served_after == served_before and time.monotonic() < deadline:
-            time.sleep(0.25)
+        def served_now() -> bytes:
             probe = renewing.connect()
             try:
-                served_after = probe.peer_certificate()
+                return probe.peer_certificate()
             finally:
                 probe.close()
 
-        assert served_after != served_before and served_after == expected
+        assert wait_until(lambda: served_now() != served_before, interval=0.25)  # checked once a second
+        assert served_now() == expected
         assert decide(renewing, review(pod(present)))["allowed"] is True  # on a new connection
         assert decide(renewing, review(pod(present)), first)["allowed"] is True  # the old one lives on
         assert renewing.process.poll() is None
@@ -314,21 +317,28 @@ def test_sigterm_turns_readiness_off_lets_in_flight_finish_and_exits_0(start_web
         assert decide(stopping, review(pod(private)))["allowed"] is True
 
         in_flight: dict[str, object] = {}
+        readiness: list[int] = []
+
+        def not_ready() -> bool:
+            try:
+                readiness.append(stopping.health("/readyz")[0])
+            except OSError:
+                return True  # the health port is closed: whether 503 came first is asserted below
+            return readiness[-1] == 503
+
         connection = stopping.connect()
         connection.connect()
         sent = review(pod(slow_image))
         worker = threading.Thread(target=lambda: in_flight.update(answer=stopping.admit(sent, connection)))
         worker.start()
-        time.sleep(0.2)
-        stopping.terminate()
-        readiness = []
-        deadline = time.monotonic() + 1.0
-        while time.monotonic() < deadline and 503 not in readiness:
-            readiness.append(stopping.health("/readyz")[0])
-            time.sleep(0.05)
-        worker.join(timeout=5)
-        connection.close()
-        code = stopping.wait()
+        stalled.settimeout(10)
+        lookup, _ = stalled.accept()  # imgrep is asking the stalled registry: the admission is in flight
+        with lookup:
+            stopping.terminate()
+            wait_until(not_ready, interval=0.05)  # asked during SHUTDOWN_DELAY_SECONDS
+            worker.join(timeout=5)
+            connection.close()
+            code = stopping.wait()
 
     assert 503 in readiness, readiness
     assert_denied(answer_of(sent, in_flight["answer"]), slow_image, "registry unreachable")

@@ -9,17 +9,20 @@ import uuid
 from collections.abc import Iterator
 
 from imgrep.bulkhead import Bulkhead
-from imgrep.copier import Copier
+from imgrep.config import load_config
+from imgrep.copier import LOOKUP_CONCURRENCY, Copier
 from imgrep.credentials import CredentialStore
+from imgrep.credsource import CredentialSource, ProviderFactory
 from imgrep.errors import ManifestNotFound, RegistryError
 from imgrep.registry import RegistryClient, Repo
 from imgrep.retry import RetryPolicy
 from imgrep.transport import Transport
+from tests.helpers.clock import MovableClock, wait_until
 from tests.helpers.faultproxy import Fault, FaultProxy
 from tests.helpers.images import make_image, push_image
 from tests.helpers.registry import RegistryServer
 
-__all__ = ["Engine", "FAST_RETRY", "target_manifest_missing", "copy_until_interrupted", "proxied_pair",
+__all__ = ["Engine", "CloudEngine", "FAST_RETRY", "target_manifest_missing", "copy_until_interrupted", "proxied_pair",
            "trickling_image", "unique"]
 
 #: fault tests give up fast; the production policy waits longer between attempts
@@ -39,8 +42,9 @@ class Engine:
         self.transport = Transport(insecure_registries=frozenset({source_host, target_host}), timeout=10)
         self.client = RegistryClient(self.transport, CredentialStore.from_sources(environ), retry=retry)
         self.pool = Bulkhead(8, 4, name="test-blob")
+        self.lookups = Bulkhead(2 * LOOKUP_CONCURRENCY, LOOKUP_CONCURRENCY, name="test-lookup")
         self.blob_results: list[str] = []
-        self.copier = Copier(self.client, self.pool, retry=retry,
+        self.copier = Copier(self.client, self.pool, retry=retry, lookups=self.lookups,
                              on_blob=lambda result, size: self.blob_results.append(result))
         self.source_host, self.target_host = source_host, target_host
 
@@ -50,6 +54,37 @@ class Engine:
 
     def close(self) -> None:
         self.pool.shutdown()
+        self.lookups.shutdown()
+        self.transport.close()
+
+
+class CloudEngine:
+    """The copy engine with imgrep's credential source configured from ``environ``, on a clock the test moves.
+
+    Provider retries wait at most 50 ms, so a test of backoff does not sleep through it.
+    """
+
+    def __init__(self, environ: dict[str, str], source_host: str, target_host: str, prefix: str = "mirror"):
+        self.clock = MovableClock()
+        self.config = load_config({**environ, "INSECURE_REGISTRIES": f"{source_host},{target_host}"})
+        self.transport = Transport(insecure_registries=self.config.insecure_registries, timeout=10)
+        factory = ProviderFactory(self.config.cloud, self.transport, clock=self.clock.monotonic,
+                                  wall_clock=self.clock.time, sleep=lambda seconds: time.sleep(min(seconds, 0.05)))
+        self.credentials = CredentialSource(self.config.credentials, self.config.cloud, factory,
+                                            clock=self.clock.monotonic, jitter=lambda: 0.0)
+        self.client = RegistryClient(self.transport, self.credentials, retry=RetryPolicy(attempts=1))
+        self.pool = Bulkhead(4, 4, name="test-cloud-blob")
+        self.copier = Copier(self.client, self.pool, retry=RetryPolicy(attempts=1))
+        self.source_host, self.target_host, self.prefix = source_host, target_host, prefix
+
+    def copy(self, repository: str, tag: str = "v1", target_repository: str | None = None):
+        return self.copier.copy(Repo(self.source_host, repository), tag,
+                                Repo(self.target_host, target_repository or f"{self.prefix}/{repository}"),
+                                time.monotonic() + 60)
+
+    def close(self) -> None:
+        self.pool.shutdown()
+        self.credentials.close()
         self.transport.close()
 
 
@@ -65,8 +100,9 @@ def target_manifest_missing(target, repo: str, digest: str) -> bool:
     return False
 
 
-def copy_until_interrupted(engine: Engine, repo: str, target, interrupt) -> list[RegistryError]:
-    """Copy ``repo:v1`` in a thread; once ``target`` has opened an upload, call ``interrupt()``.
+def copy_until_interrupted(engine: Engine, repo: str, proxy: FaultProxy, target, interrupt) -> list[RegistryError]:
+    """Copy ``repo:v1`` in a thread and call ``interrupt()`` mid-copy: once ``target`` holds a
+    blob of it while others are still coming slowly through ``proxy`` (see trickling_image).
 
     Returns the errors the copy ended with (empty when it survived the interruption).
     """
@@ -80,13 +116,18 @@ def copy_until_interrupted(engine: Engine, repo: str, target, interrupt) -> list
 
     copying = threading.Thread(target=run)
     copying.start()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not any(r.path.endswith("/blobs/uploads/") for r in target.requests()):
-        time.sleep(0.02)
-    time.sleep(0.3)  # blobs are moving now
-    interrupt()
+    # the slow bodies are asked about last, right before the interruption
+    midway = wait_until(lambda: _holds_a_blob(target) and proxy.slow_bodies() > 0, timeout=20)
+    if midway:
+        interrupt()
     copying.join(timeout=40)
+    assert midway, "the copy never had a blob in the target while others were still on their way"
     return errors
+
+
+def _holds_a_blob(target) -> bool:
+    """Whether the target has taken a blob upload to its end (201 Created)."""
+    return any(r.method == "PUT" and "/blobs/uploads/" in r.path and r.status == 201 for r in target.requests())
 
 
 @contextlib.contextmanager
@@ -101,8 +142,8 @@ def proxied_pair(retry: RetryPolicy = RetryPolicy()) -> Iterator[tuple]:
 
 
 def trickling_image(source, proxy, repo: str):
-    """Three 20 MB layers, larger than socket buffers hold, served slowly: an interruption
-    lands while they are moving."""
+    """Three 20 MB layers, larger than socket buffers hold, each taking a second or more
+    through the proxy: an interruption lands while they are moving."""
     image = make_image(layers=3, layer_size=20_000_000, seed=repo)
     push_image(source, repo, "v1", image)
     proxy.arm(Fault("slow", path_contains="/blobs/", methods=("GET",), rate=20_000_000))

@@ -52,6 +52,9 @@ class FaultProxy:
         self.upstream_port = int(port)
         self.fault: Fault | None = None
         self.hits = 0
+        self._slow_bodies = 0
+        #: every request that arrived: (method, path, headers, body), for tests that count calls
+        self.seen: list[tuple[str, str, dict[str, str], bytes]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         proxy = self
@@ -65,6 +68,8 @@ class FaultProxy:
             def _forward(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
+                with proxy._lock:
+                    proxy.seen.append((self.command, self.path, dict(self.headers.items()), body or b""))
                 fault = proxy._take(self.command, self.path)
                 if fault and fault.kind == "status":
                     self.send_response(fault.status)
@@ -103,12 +108,24 @@ class FaultProxy:
                 if self.command == "HEAD" or not declared:
                     response.read()
                     return
+                if fault and fault.kind == "slow":
+                    with proxy._lock:
+                        proxy._slow_bodies += 1
+                    try:
+                        self._copy_body(response, fault, int(declared))
+                    finally:
+                        with proxy._lock:
+                            proxy._slow_bodies -= 1
+                else:
+                    self._copy_body(response, fault, int(declared))
+
+            def _copy_body(self, response: http.client.HTTPResponse, fault: Fault | None, declared: int) -> None:
                 sent = 0
                 flipped = False
                 while True:
                     chunk = response.read(64 * 1024)
                     if not chunk:
-                        if sent < int(declared):  # upstream died mid-body: so does this answer
+                        if sent < declared:  # upstream died mid-body: so does this answer
                             self.close_connection = True
                             self.connection.shutdown(socket.SHUT_RDWR)
                         break
@@ -148,6 +165,11 @@ class FaultProxy:
         with self._lock:
             self.fault = fault
             self.hits = 0
+
+    def slow_bodies(self) -> int:
+        """Bodies being sent slowly right now (a "slow" fault's answers not yet finished)."""
+        with self._lock:
+            return self._slow_bodies
 
     def _take(self, method: str, path: str) -> Fault | None:
         with self._lock:

@@ -31,6 +31,7 @@ __all__ = [
     "Response",
     "UnexpectedStatus",
     "delete_manifest",
+    "holds_manifest",
     "make_image",
     "make_index",
     "push_blob",
@@ -439,3 +440,10 @@ def push_image(target: RegistryClient | _Target, repo: str, ref: str | None, ima
 def delete_manifest(target: RegistryClient | _Target, repo: str, digest: str) -> None:
     client = RegistryClient.for_target(target)
     client.expect((202,), "DELETE", f"/v2/{repo}/manifests/{digest}")
+
+
+def holds_manifest(target: RegistryClient | _Target, repo: str, ref: str) -> bool:
+    """Whether ``repo`` has a manifest under ``ref`` (a tag or a digest), as one HEAD sees it."""
+    accept = ", ".join(types[kind] for types in MEDIA_TYPES.values() for kind in ("manifest", "index"))
+    client = RegistryClient.for_target(target)
+    return client.expect((200, 404), "HEAD", f"/v2/{repo}/manifests/{ref}", headers={"Accept": accept}).status == 200

@@ -72,7 +72,7 @@ _PROXY = re.compile(r"/api/v1/namespaces/(?P<namespace>[^/]+)/pods/(?P<name>[^/:
 
 def validate(obj: dict) -> None:
     """Raise kubernetes_validate's error unless ``obj`` matches the official schema (strict)."""
-    kubernetes_validate = require_module("kubernetes_validate")
+    kubernetes_validate = require_module("kubernetes_validate", "kubernetes-validate")
     kind = obj.get("kind")
     if kind not in _META_KINDS:
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)

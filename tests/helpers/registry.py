@@ -15,7 +15,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from tests.helpers.binaries import require_binary
+from tests.helpers.ports import free_port
 from tests.helpers.tokenserver import TokenServer
 
 __all__ = ["AccessEntry", "RegistryServer", "parse_access_line"]
@@ -36,6 +36,10 @@ STOP_TIMEOUT_SECONDS = 5.0
 SYNC_TIMEOUT_SECONDS = 5.0
 #: Another process may take a just-probed free port; that many fresh ports are tried.
 PORT_ATTEMPTS = 3
+#: restart() keeps its port; while another socket holds it (an outgoing connection's source
+#: port, for one), it tries again this often, this long apart
+RESTART_ATTEMPTS = 10
+RESTART_PAUSE_SECONDS = 0.5
 
 #: Query marker of the harness's own probes, left out of requests().
 _PROBE_MARKER = "imgrep-harness-probe="
@@ -77,12 +81,6 @@ def parse_access_line(line: str) -> AccessEntry | None:
         size=0 if size == "-" else int(size),
         user_agent=match["agent"],
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _registry_environment() -> dict[str, str]:
@@ -150,7 +148,7 @@ class RegistryServer:
         try:
             auth_config = self._auth_config()
             for _attempt in range(PORT_ATTEMPTS):
-                self.port = _free_port()
+                self.port = free_port()
                 self._write_config(auth_config)
                 if self._launch(binary):
                     return self
@@ -162,8 +160,11 @@ class RegistryServer:
     def restart(self) -> None:
         """Stop the process and start it again on the same port with the same storage (fault tests)."""
         self._terminate()
-        if not self._launch(require_binary("docker-registry")):
-            raise RuntimeError(f"port {self.port} was taken while the registry restarted")
+        for _attempt in range(RESTART_ATTEMPTS):
+            if self._launch(require_binary("docker-registry")):
+                return
+            time.sleep(RESTART_PAUSE_SECONDS)
+        raise RuntimeError(f"port {self.port} stayed taken while the registry restarted")
 
     def kill(self) -> None:
         """SIGKILL the process mid-whatever, keeping storage and port; restart() brings it back."""

@@ -11,7 +11,6 @@ import base64
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.images import make_image, make_index, push_image
+from tests.helpers.ports import refusing_port
 from tests.helpers.registry import RegistryServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,12 +49,6 @@ def credentials_env(registry: RegistryServer, password: str | None = None) -> di
     user, real_password = registry.credentials
     return {"REGISTRY_CHECK_URL": registry.host, "REGISTRY_CHECK_USERNAME": user,
             "REGISTRY_CHECK_PASSWORD": password or real_password}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -100,10 +94,10 @@ def test_a_missing_image_exits_1_and_says_not_found(images, registry_noauth) -> 
 
 def test_an_invalid_reference_or_unreachable_registry_exits_2(images, registry_noauth) -> None:
     plain, _digest = images["plain"]
-    nobody = f"127.0.0.1:{free_port()}/team/app:v1"
     invalid = "UPPER/Case:tag"
-
-    run = run_imgrep("check", plain, invalid, nobody, env={"INSECURE_REGISTRIES": registry_noauth.host})
+    with refusing_port() as port:
+        nobody = f"127.0.0.1:{port}/team/app:v1"
+        run = run_imgrep("check", plain, invalid, nobody, env={"INSECURE_REGISTRIES": registry_noauth.host})
 
     assert run.code == 2, run
     assert [row[:2] for row in run.rows] == [["exists", plain], ["error", invalid], ["error", nobody]]

@@ -179,7 +179,7 @@ def test_source_killed_mid_copy_leaves_no_manifest_and_next_attempt_reuses_blobs
     with proxied_pair(FAST_RETRY) as (source, target, proxy, engine):
         repo = unique("killed")
         image = trickling_image(source, proxy, repo)
-        errors = copy_until_interrupted(engine, repo, target, source.kill)
+        errors = copy_until_interrupted(engine, repo, proxy, target, source.kill)
         assert errors, "the copy should fail while the source is down"
         assert target_manifest_missing(target, repo, "v1")
         assert target_manifest_missing(target, repo, image.digest)

@@ -18,7 +18,7 @@ from imgrep.config import load_config
 from imgrep.copy_leases import PERMISSIONS, CopyLeases
 from imgrep.kube_client import KubeClient
 from imgrep.kube_config import ClusterAccess
-from imgrep.leases import lease_name, new_lease
+from imgrep.kube_lease import lease_name, new_lease
 from imgrep.logs import Logger
 from imgrep.webhook import Webhook
 from tests.helpers.engine import unique

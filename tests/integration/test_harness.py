@@ -15,6 +15,8 @@ import json
 import secrets
 import ssl
 import tarfile
+import threading
+import time
 from urllib.parse import urlencode
 
 import pytest
@@ -30,6 +32,7 @@ from tests.helpers.images import (
     push_image,
 )
 from tests.helpers.registry import RegistryServer
+from tests.helpers.shaper import Shaper
 from tests.helpers.skopeo import SkopeoError, inspect_raw
 from tests.helpers.tokenserver import PUSHER, READER, SigningKey, TokenServer, read_jwt
 
@@ -242,7 +245,8 @@ def test_registry_verifies_token_signatures(
     assert status_with(token_server.mint("pusher", access)) == 200
     assert status_with(token_server.mint("pusher", access, key=impostor, kid=token_server.key.kid)) == 401
     assert status_with(token_server.mint("pusher", access, key=impostor)) == 401
-    assert status_with(token_server.mint("pusher", access, expires_in=-60)) == 401
+    # distribution accepts a token up to 60 s past its exp (clock skew): expired well before that
+    assert status_with(token_server.mint("pusher", access, expires_in=-600)) == 401
 
 
 def test_oauth_password_grant_gives_a_working_refresh_token(
@@ -270,6 +274,54 @@ def test_oauth_password_grant_gives_a_working_refresh_token(
     wrong_password = {**form, "grant_type": "password", "username": PUSHER[0], "password": "x"}
     assert post_token(token_server, wrong_password)[0] == 401
     assert post_token(token_server, {"grant_type": "password", "username": PUSHER[0], "password": PUSHER[1]})[0] == 400
+
+
+# --- the WAN link -------------------------------------------------------------------------------
+
+
+def _timed_get(connection: http.client.HTTPConnection, path: str) -> tuple[float, int]:
+    started = time.monotonic()
+    connection.request("GET", path)
+    body = connection.getresponse().read()
+    return time.monotonic() - started, len(body)
+
+
+def test_link_delays_requests_by_a_round_trip_and_a_new_connection_by_one_more(registry_noauth) -> None:
+    with Shaper(registry_noauth.host, rtt=0.3, mbit=1000) as link:
+        connection = http.client.HTTPConnection(link.host, timeout=10)
+        first, _ = _timed_get(connection, "/v2/")
+        second, _ = _timed_get(connection, "/v2/")
+        connection.close()
+
+    assert 0.6 <= first < 3.0  # handshake, then the request
+    assert 0.3 <= second < 2.0
+    assert [(r.method, r.path) for r in link.requests()] == [("GET", "/v2/"), ("GET", "/v2/")]
+
+
+def test_link_bandwidth_is_shared_by_all_its_connections(registry_noauth) -> None:
+    repo = new_repo()
+    image = make_image(layers=1, layer_size=1_000_000, seed="link")
+    push_image(registry_noauth, repo, "v1", image)
+    layer = image.layers[0]
+    with Shaper(registry_noauth.host, rtt=0.01, mbit=8) as link:  # 1 MB/s
+        connections = [http.client.HTTPConnection(link.host, timeout=30) for _ in range(2)]
+        sizes: list[int] = []
+
+        def download(connection: http.client.HTTPConnection) -> None:
+            sizes.append(_timed_get(connection, f"/v2/{repo}/blobs/{layer.digest}")[1])
+
+        threads = [threading.Thread(target=download, args=(c,)) for c in connections]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        took = time.monotonic() - started
+        for connection in connections:
+            connection.close()
+
+    assert sizes == [layer.size, layer.size]
+    assert 2 * layer.size / 1e6 <= took < 20  # two downloads through one 1 MB/s link
 
 
 # --- access log and lifecycle ----------------------------------------------------------------

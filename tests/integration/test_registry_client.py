@@ -29,6 +29,7 @@ from imgrep.errors import ManifestNotFound, RegistryUnavailable, Unauthorized
 from imgrep.registry import RegistryClient, Repo
 from imgrep.transport import Transport
 from tests.helpers.certs import make_ca_and_cert
+from tests.helpers.clock import MovableClock
 from tests.helpers.faultproxy import FaultProxy
 from tests.helpers.images import Image, Index, make_image, make_index, push_image
 from tests.helpers.registry import RegistryServer
@@ -51,22 +52,23 @@ class ClientUnderTest:
     calls: list[tuple[str, str, str]]
 
     def resolve(self, host: str, repository: str, identifier: str, seconds: float = DEADLINE_SECONDS):
-        return self.client.resolve(Repo(host, repository), identifier, deadline=time.monotonic() + seconds)
+        return self.client.resolve(Repo(host, repository), identifier, deadline=self.client.clock() + seconds)
 
 
 @pytest.fixture
 def connect() -> Iterator[Callable[..., ClientUnderTest]]:
-    """connect(*insecure_hosts, environ={}, docker_config_json=None): a fresh client, closed after the test."""
+    """connect(*insecure_hosts, environ={}, docker_config_json=None, clock=time.monotonic): a fresh
+    client, closed after the test."""
     transports: list[Transport] = []
 
     def make(*insecure_hosts: str, environ: dict[str, str] | None = None,
-             docker_config_json: str | None = None) -> ClientUnderTest:
+             docker_config_json: str | None = None, clock: Callable[[], float] = time.monotonic) -> ClientUnderTest:
         calls: list[tuple[str, str, str]] = []
         transport = Transport(insecure_registries=frozenset(insecure_hosts),
                               observe=lambda host, method, code, _seconds: calls.append((host, method, code)))
         transports.append(transport)
         credentials = CredentialStore.from_sources(environ or {}, docker_config_json=docker_config_json)
-        return ClientUnderTest(RegistryClient(transport, credentials), calls)
+        return ClientUnderTest(RegistryClient(transport, credentials, clock=clock), calls)
 
     yield make
     for transport in transports:
@@ -87,9 +89,10 @@ def credentials_env(host: str, credentials: tuple[str, str] | None) -> dict[str,
             "REGISTRY_TEST_PASSWORD": credentials[1]}
 
 
-def client_for(connect, registry: RegistryServer, credentials: tuple[str, str] | None = None) -> ClientUnderTest:
+def client_for(connect, registry: RegistryServer, credentials: tuple[str, str] | None = None,
+               **options) -> ClientUnderTest:
     credentials = credentials if credentials is not None else pull_credentials(registry)
-    return connect(registry.host, environ=credentials_env(registry.host, credentials))
+    return connect(registry.host, environ=credentials_env(registry.host, credentials), **options)
 
 
 def new_repo(prefix: str = "client") -> str:
@@ -372,24 +375,28 @@ def test_one_token_request_per_repository_scope(registry_token: RegistryServer, 
     assert len(manifest_requests(registry_token, mark)) == 1
 
 
-def test_expired_token_is_fetched_again_before_it_is_refused(connect) -> None:
-    lifetime = 2
+def test_expired_token_is_fetched_again_before_it_is_used(connect) -> None:
+    # the client's clock is real time moved forward by the test: the transport under it keeps its
+    # deadlines in time.monotonic(), so a clock of its own would put them in the past or far ahead
+    lifetime = 60
+    clock = MovableClock()
     with TokenServer(expires_in=lifetime) as tokens, RegistryServer(auth="token", token_server=tokens) as registry:
         image = make_image(seed="client-expiry")
         repository = pushed(registry, image)
-        under_test = client_for(connect, registry)
+        under_test = client_for(connect, registry, clock=clock.monotonic)
         before = len(tokens.requests)
 
         under_test.resolve(registry.host, repository, "v1")
+        clock.advance(lifetime / 2)
         under_test.resolve(registry.host, repository, "v1")
         assert len(tokens.requests) - before == 1  # still within the token's lifetime
 
-        time.sleep(lifetime + 0.2)
+        clock.advance(lifetime / 2)
         mark = registry.mark()
         assert under_test.resolve(registry.host, repository, "v1").digest == image.digest
 
         assert len(tokens.requests) - before == 2
-        # renewed ahead of use: the registry never had to refuse the old token
+        # renewed ahead of use: the one request carried the new token, with no 401 before it
         assert manifest_requests(registry, mark) == [("HEAD", f"/v2/{repository}/manifests/v1", 200)]
 
 

@@ -65,7 +65,7 @@ def test_target_restarted_mid_copy_leaves_no_manifest_and_the_next_attempt_compl
             time.sleep(0.5)
             target.restart()
 
-        if copy_until_interrupted(engine, repo, target, restart_target):
+        if copy_until_interrupted(engine, repo, proxy, target, restart_target):
             # the attempt in flight failed cleanly: nothing half-copied is there
             assert target_manifest_missing(target, repo, "v1")
         proxy.arm(None)

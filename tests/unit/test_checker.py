@@ -13,6 +13,7 @@ from imgrep.errors import DigestMismatch, ManifestNotFound, RegistryUnavailable,
 from imgrep.protocol import OCI_MANIFEST
 from imgrep.registry import ManifestInfo, Repo
 from imgrep.results import ERROR, EXISTS, MISSING
+from tests.helpers.clock import FakeClock
 
 TAG_DIGEST = "sha256:" + "1" * 64
 PINNED = "sha256:" + "2" * 64
@@ -46,14 +47,6 @@ class FakeRegistry:
         return ManifestInfo(answer, OCI_MANIFEST, 1234)
 
 
-class Clock:
-    def __init__(self, now: float = 1000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def make_checker():
     made: list[tuple[ImageChecker, FakeRegistry]] = []
@@ -74,7 +67,8 @@ def make_checker():
 NGINX = FakeRegistry({"registry-1.docker.io/library/nginx:latest": TAG_DIGEST}).answers
 
 
-def check(checker: ImageChecker, image: str, clock: Clock | None = None):
+def check(checker: ImageChecker, image: str, clock: FakeClock | None = None):
+    """One image with a 5 s budget, taken from the checker's clock: ``clock`` if it has one."""
     deadline = (clock() if clock else time.monotonic()) + 5
     [result] = checker.check_all([image], deadline)
     return result
@@ -110,48 +104,44 @@ def test_results_come_back_in_order_and_each_is_reported(make_checker):
     ("image", "digest_ttl"),
     [("nginx", False), (f"ghcr.io/org/app@{PINNED}", True)],
 )
-def test_tag_is_trusted_for_the_ttl_and_a_digest_until_evicted(make_checker, image, digest_ttl):
-    clock = Clock()
+def test_tag_is_trusted_for_the_ttl_and_a_digest_until_evicted(make_checker, image, digest_ttl, clock):
     registry = FakeRegistry(NGINX | {f"ghcr.io/org/app:{PINNED}": PINNED})
     checker = make_checker(registry, cache_ttl=300, clock=clock)
     assert check(checker, image, clock).cached is False
-    clock.now += 299.9
+    clock.advance(299.75)
     assert check(checker, image, clock).cached is True
-    clock.now += 0.1
+    clock.advance(0.25)
     later = check(checker, image, clock)
     assert later.cached is digest_ttl
     assert len(registry.calls) == (1 if digest_ttl else 2)
-    clock.now += 1e9
+    clock.advance(1e9)
     check(checker, image, clock)
     assert len(registry.calls) == (1 if digest_ttl else 3)
 
 
 @pytest.mark.parametrize(("cache_ttl", "negative_ttl"), [(300, NEGATIVE_TTL_SECONDS), (4, 4)])
-def test_a_miss_is_cached_only_briefly(make_checker, cache_ttl, negative_ttl):
-    clock = Clock()
+def test_a_miss_is_cached_only_briefly(make_checker, cache_ttl, negative_ttl, clock):
     registry = FakeRegistry()
     checker = make_checker(registry, cache_ttl=cache_ttl, clock=clock)
     first = check(checker, "ghcr.io/org/gone:v1", clock)
     assert (first.status, first.reason) == (MISSING, "not found")
-    clock.now += negative_ttl - 0.01
+    clock.advance(negative_ttl - 0.25)
     assert check(checker, "ghcr.io/org/gone:v1", clock).cached is True
-    clock.now += 0.01
+    clock.advance(0.25)
     assert check(checker, "ghcr.io/org/gone:v1", clock).cached is False
     assert len(registry.calls) == 2
 
 
-def test_a_push_is_seen_once_the_miss_expires(make_checker):
-    clock = Clock()
+def test_a_push_is_seen_once_the_miss_expires(make_checker, clock):
     registry = FakeRegistry()
     checker = make_checker(registry, clock=clock)
     assert check(checker, "ghcr.io/org/app:v1", clock).status == MISSING
     registry.answers["ghcr.io/org/app:v1"] = TAG_DIGEST
-    clock.now += NEGATIVE_TTL_SECONDS
+    clock.advance(NEGATIVE_TTL_SECONDS)
     assert check(checker, "ghcr.io/org/app:v1", clock).status == EXISTS
 
 
-def test_zero_ttl_caches_no_tag(make_checker):
-    clock = Clock()
+def test_zero_ttl_caches_no_tag(make_checker, clock):
     registry = FakeRegistry(NGINX)
     checker = make_checker(registry, cache_ttl=0, clock=clock)
     for _ in range(3):
@@ -168,8 +158,7 @@ def test_zero_ttl_caches_no_tag(make_checker):
         (DigestMismatch("ghcr.io", "manifest hashes to something else"), "digest mismatch", False),
     ],
 )
-def test_errors_are_reported_and_never_cached(make_checker, error, reason, temporary):
-    clock = Clock()
+def test_errors_are_reported_and_never_cached(make_checker, error, reason, temporary, clock):
     registry = FakeRegistry({"ghcr.io/org/app:v1": error})
     checker = make_checker(registry, clock=clock)
     for _ in range(3):
@@ -179,8 +168,7 @@ def test_errors_are_reported_and_never_cached(make_checker, error, reason, tempo
     assert len(registry.calls) == 3
 
 
-def test_spellings_of_one_reference_share_a_cache_entry(make_checker):
-    clock = Clock()
+def test_spellings_of_one_reference_share_a_cache_entry(make_checker, clock):
     registry = FakeRegistry(NGINX)
     checker = make_checker(registry, clock=clock)
     check(checker, "nginx", clock)
@@ -280,7 +268,9 @@ def test_a_registry_slower_than_the_budget_is_unreachable_within_the_deadline(ma
     started = time.monotonic()
     [result] = checker.check_all(["ghcr.io/org/app:v1"], started + budget)
     elapsed = time.monotonic() - started
-    assert budget * 0.9 <= elapsed < budget + 0.5
+    # held for 10 s, so anything under that proves the budget ended the wait; the slack is
+    # for a busy machine's scheduler, not for the checker
+    assert budget * 0.9 <= elapsed < budget + 2
     assert (result.status, result.reason, result.temporary) == (ERROR, "registry unreachable", True)
     assert "no answer within the admission budget" in result.detail
 

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from imgrep.config import DEFAULT_EXCLUDED_NAMESPACES, Config, TargetRegistry, load_config
+from imgrep.config import (DEFAULT_EXCLUDED_NAMESPACES, MUTATE_OFF, MUTATE_PIN, MUTATE_TARGET, Config, TargetRegistry,
+                           load_config)
 from imgrep.errors import ConfigError
 
 
@@ -42,6 +43,7 @@ def test_defaults_follow_the_spec():
     assert config.require_credentials is False
     assert config.inventory_max == 10000 and config.inventory_file is None
     assert config.debug is False and config.log_format == "text"
+    assert config.mutate == MUTATE_OFF
 
 
 def test_config_is_immutable():
@@ -139,6 +141,8 @@ BAD = [
     ("DOCKER_CONFIG_JSON", "{not json"),
     ("DOCKER_CONFIG_PATH", "/no/such/config.json"),
     ("REGISTRY_CA_FILE", "/no/such/ca.pem"),
+    ("MUTATE", "always"),
+    ("MUTATE", "true"),  # without TARGET_REGISTRY there is no copy to point at
 ]
 
 
@@ -228,3 +232,40 @@ def test_summary_says_where_credentials_came_from():
     }
     assert summary["tls"] == "/certs/tls.crt"
     assert load({"SKIP_TLS": "true"}).summary()["tls"] == "off"
+
+
+@pytest.mark.parametrize(("environ", "expected"), [
+    ({"MUTATE": "false"}, MUTATE_OFF),
+    ({"MUTATE": ""}, MUTATE_OFF),
+    ({"MUTATE": "pin"}, MUTATE_PIN),
+    ({"MUTATE": "PIN", "TARGET_REGISTRY": "mirror.local"}, MUTATE_PIN),
+    ({"MUTATE": "true", "TARGET_REGISTRY": "mirror.local/cache"}, MUTATE_TARGET),
+    ({"MUTATE": "on", "TARGET_REGISTRY": "mirror.local"}, MUTATE_TARGET),
+])
+def test_mutate_is_off_by_default_and_needs_a_target_to_point_at_it(environ, expected):
+    config = load(environ)
+    assert config.mutate == expected
+    assert config.summary()["mutate"] == expected  # the start-up log says whether it is on
+
+
+def test_mutate_true_without_a_target_says_what_to_do_instead():
+    with pytest.raises(ConfigError, match="MUTATE=pin"):
+        load({"MUTATE": "true"})
+
+
+@pytest.mark.parametrize(("registry", "repository", "inside"), [
+    ("mirror.local:5000", "cache/library/nginx", True),
+    ("mirror.local:5000", "cache/a/b/c", True),
+    ("mirror.local:5000", "cache", False),  # the prefix itself is no copy
+    ("mirror.local:5000", "cachet/nginx", False),
+    ("mirror.local:5000", "library/nginx", False),
+    ("mirror.local", "cache/library/nginx", False),  # another port is another registry
+    ("docker.io", "cache/library/nginx", False),
+])
+def test_target_contains_only_its_own_host_under_its_prefix(registry, repository, inside):
+    assert TargetRegistry("mirror.local:5000", "cache").contains(registry, repository) is inside
+
+
+def test_a_target_without_prefix_contains_every_repository_of_its_host():
+    assert TargetRegistry("mirror.local").contains("mirror.local", "library/nginx")
+    assert not TargetRegistry("mirror.local").contains("other.local", "library/nginx")

@@ -7,6 +7,7 @@ from imgrep.netpolicy import refusal
 
 @pytest.mark.parametrize("address", [
     "169.254.169.254", "169.254.0.1", "fe80::1", "fe80::1%eth0", "fd00:ec2::254", "::ffff:169.254.169.254",
+    "169.254.170.23", "fd00:ec2::23",
 ])
 def test_metadata_and_link_local_addresses_are_refused(address):
     assert refusal(address)

@@ -6,11 +6,11 @@ import dataclasses
 
 import pytest
 
-from imgrep.admission import AdmissionRequest
+from imgrep.admission import WORKLOAD_KINDS, AdmissionRequest
 from imgrep.errors import InvalidReference, ManifestNotFound, RegistryUnavailable, Unauthorized
-from imgrep.policy import MAX_IMAGES, decide, too_many_images, triage
+from imgrep.policy import MAX_IMAGES, POD_KINDS, decide, too_many_images, triage
 from imgrep.reference import parse_reference
-from imgrep.results import EXISTS, CheckResult, result_from_error
+from imgrep.results import ERROR, EXISTS, REPLICATED, CheckResult, result_from_error
 
 EXCLUDED = frozenset({"kube-system", "image-replicator"})
 POD = AdmissionRequest(
@@ -159,3 +159,58 @@ def test_images_already_in_old_object_do_not_count_towards_the_limit():
     images = tuple(f"registry.example/app{i}:v1" for i in range(MAX_IMAGES + 1))
     assert too_many_images(request(images=images, old_images=frozenset(images[:2]))) is None
     assert too_many_images(request(images=images[:MAX_IMAGES])) is None
+
+
+# --- a copy in progress: workloads are admitted, pods wait -------------------------------------
+
+COPYING = dataclasses.replace(exists("registry.internal:5000/team/big:v3"), status=ERROR,
+                              reason="replicating, retry shortly", detail="12.0 of 310.5 MiB", copying=True)
+COPY_FAILED = dataclasses.replace(exists("registry.internal:5000/team/broken:v1"), status=ERROR,
+                                  reason="replication failed", detail="blob sha256:ab… digest mismatch")
+WORKLOADS = sorted(WORKLOAD_KINDS - POD_KINDS)
+
+
+@pytest.mark.parametrize("kind", WORKLOADS)
+def test_a_workload_whose_image_is_still_copying_is_allowed_with_a_warning_and_the_progress(kind):
+    decision = decide(request(kind=kind), [exists("app:1"), COPYING], mode="enforce", error_policy="deny")
+    assert (decision.allowed, decision.reason, decision.message) == (True, "replicating_allowed", "")
+    assert decision.warnings == (
+        "imgrep: registry.internal:5000/team/big:v3: replicating; its pods are admitted once the copy is complete"
+        " (12.0 of 310.5 MiB)",)
+
+
+@pytest.mark.parametrize("kind", sorted(POD_KINDS))
+def test_a_pod_whose_image_is_still_copying_is_denied_as_before(kind):
+    decision = decide(request(kind=kind), [exists("app:1"), COPYING], mode="enforce", error_policy="allow")
+    assert (decision.allowed, decision.reason) == (False, "replicating_retry_shortly")
+    assert "registry.internal:5000/team/big:v3: replicating, retry shortly (12.0 of 310.5 MiB)" in decision.message
+
+
+@pytest.mark.parametrize("lasting", [MISSING_IMAGE, UNAUTHORIZED, INVALID, COPY_FAILED])
+def test_a_workload_is_still_denied_for_what_no_copy_will_mend(lasting):
+    decision = decide(request(kind="Deployment"), [COPYING, lasting], mode="enforce", error_policy="deny")
+    assert decision.allowed is False
+    assert lasting.image in decision.message and COPYING.image not in decision.message
+    assert [COPYING.image in w and "its pods are admitted once" in w for w in decision.warnings] == [True]
+
+
+def test_only_the_typed_signal_counts_not_the_wording():
+    worded_alike = dataclasses.replace(COPYING, copying=False)
+    decision = decide(request(kind="Deployment"), [worded_alike], mode="enforce", error_policy="deny")
+    assert (decision.allowed, decision.reason) == (False, "replicating_retry_shortly")
+
+
+def test_audit_mode_labels_a_workload_by_its_lasting_failure_and_warns_about_both():
+    decision = decide(request(kind="StatefulSet"), [COPYING, MISSING_IMAGE], mode="audit", error_policy="deny")
+    assert (decision.allowed, decision.reason) == (True, "audit_not_found")
+    assert len(decision.warnings) == 2
+    assert "its pods are admitted once the copy is complete" in decision.warnings[0]
+    assert "not found" in decision.warnings[1]
+
+
+def test_a_copying_workload_is_allowed_beside_an_image_served_from_the_target():
+    served = dataclasses.replace(exists("registry.internal:5000/team/app:v1"), status=REPLICATED,
+                                 reason="registry unreachable, served from target")
+    decision = decide(request(kind="CronJob"), [served, COPYING], mode="enforce", error_policy="deny")
+    assert (decision.allowed, decision.reason) == (True, "replicating_allowed")
+    assert ["served from target" in w for w in decision.warnings] == [True, False]

@@ -1,18 +1,24 @@
-"""The replicator's bookkeeping with a fake copier: single flight, failures and their backoff."""
+"""The replicator's bookkeeping with a fake copier: single flight, failures and their backoff.
+
+Every deadline is taken from the replicator's own clock: the fake clock for backoffs, and
+for budgets too (the fake clock stands still, so a budget lasts its length in real time).
+"""
 
 from __future__ import annotations
 
 import threading
-import time
 
 from imgrep.config import TargetRegistry
 from imgrep.copier import BlobStats, CopyResult
 from imgrep.errors import DigestMismatch
 from imgrep.reference import parse_reference
 from imgrep.replicator import Replicator
-from imgrep.results import EXISTS, REPLICATED, CheckResult
+from imgrep.results import EXISTS, MISSING, REPLICATED, CheckResult
+from tests.helpers.clock import FakeClock
 
 DIGEST = "sha256:" + "d" * 64
+#: real seconds an admission waits for a copy the test holds back
+SHORT_BUDGET = 0.2
 
 
 class FakeCopier:
@@ -30,82 +36,108 @@ class FakeCopier:
         return CopyResult(digest, True, BlobStats(copied=2, bytes=10))
 
 
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-
 def found(image="registry.example/team/app:v1") -> CheckResult:
     return CheckResult(image, EXISTS, parse_reference(image), digest=DIGEST)
 
 
-def replicator(copier, clock=time.monotonic) -> Replicator:
+def replicator(copier, clock: FakeClock) -> Replicator:
     return Replicator(copier, client=None, target=TargetRegistry("mirror.local", "cache"),
                       include_registry=False, timeout=60, clock=clock)
 
 
-def test_concurrent_admissions_share_one_copy_and_the_result_is_remembered():
+def test_concurrent_admissions_share_one_copy_and_the_result_is_remembered(clock):
     hold = threading.Event()
     copier = FakeCopier(hold=hold)
-    subject = replicator(copier)
+    subject = replicator(copier, clock)
     answers = []
-    threads = [threading.Thread(target=lambda: answers.append(subject.replicate_all([found()], time.monotonic() + 5)))
-               for _ in range(5)]
-    for thread in threads:
-        thread.start()
-    time.sleep(0.2)
-    hold.set()
-    for thread in threads:
-        thread.join(5)
+    # the copy is held until every admission has answered: each of them met it in flight
+    threads = [threading.Thread(target=lambda: answers.append(
+        subject.replicate_all([found()], clock() + SHORT_BUDGET)[0])) for _ in range(5)]
     try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(5)
+        assert [answer.reason for answer in answers] == ["replicating, retry shortly"] * 5
         assert copier.calls == 1
-        assert all(answer[0].status == REPLICATED for answer in answers)
-        assert subject.replicate_all([found()], time.monotonic() + 5)[0].status == REPLICATED
+        hold.set()
+        assert subject.replicate_all([found()], clock() + 5)[0].status == REPLICATED  # waits for the same copy
+        assert subject.replicate_all([found()], clock() + 5)[0].status == REPLICATED
         assert copier.calls == 1  # remembered: no second copy, no registry request
     finally:
+        hold.set()
         subject.close()
 
 
-def test_failure_is_reported_and_retried_only_after_its_backoff():
-    clock = Clock()
+def test_failure_is_reported_and_retried_only_after_its_backoff(clock):
     copier = FakeCopier(fail_with=DigestMismatch("r", "blob sha256:bad: content hashes to sha256:other"))
     subject = replicator(copier, clock)
     try:
-        first = subject.replicate_all([found()], time.monotonic() + 5)[0]
+        first = subject.replicate_all([found()], clock() + 5)[0]
         assert first.reason == "replication failed" and "sha256:bad" in first.detail
-        again = subject.replicate_all([found()], time.monotonic() + 5)[0]
+        assert first.copying is False
+        again = subject.replicate_all([found()], clock() + 5)[0]
         assert again.reason == "replication failed" and copier.calls == 1
-        clock.now += 6  # past the first backoff (5 s)
-        subject.replicate_all([found()], time.monotonic() + 5)
+        clock.advance(6)  # past the first backoff (5 s)
+        subject.replicate_all([found()], clock() + 5)
         assert copier.calls == 2
     finally:
         subject.close()
 
 
-def test_an_unexpected_exception_is_reported_and_does_not_leave_a_stuck_job():
-    clock = Clock()
+def test_an_unexpected_exception_is_reported_and_does_not_leave_a_stuck_job(clock):
     copier = FakeCopier(fail_with=ValueError("boom"))
     subject = replicator(copier, clock)
     try:
-        first = subject.replicate_all([found()], time.monotonic() + 5)[0]
+        first = subject.replicate_all([found()], clock() + 5)[0]
         assert first.reason == "replication failed" and "internal error: ValueError: boom" in first.detail
-        clock.now += 6
+        clock.advance(6)
         copier.fail_with = None
-        assert subject.replicate_all([found()], time.monotonic() + 5)[0].status == REPLICATED
+        assert subject.replicate_all([found()], clock() + 5)[0].status == REPLICATED
         assert copier.calls == 2
     finally:
         subject.close()
 
 
-def test_a_copy_running_past_the_budget_is_reported_as_replicating():
+def test_a_copy_running_past_the_budget_is_reported_as_replicating(clock):
     hold = threading.Event()
-    subject = replicator(FakeCopier(hold=hold))
+    subject = replicator(FakeCopier(hold=hold), clock)
     try:
-        [result] = subject.replicate_all([found()], time.monotonic() + 0.2)
+        [result] = subject.replicate_all([found()], clock() + SHORT_BUDGET)
         assert result.reason == "replicating, retry shortly" and "MiB" in result.detail
+        assert result.copying is True  # the typed signal the policy reads, not the wording
+    finally:
+        hold.set()
+        subject.close()
+
+
+def test_an_image_that_already_names_the_target_copy_is_never_copied_into_itself(clock):
+    copier = FakeCopier()
+    subject = replicator(copier, clock)
+    try:
+        mirrored = found(f"mirror.local/cache/team/app:v1@{DIGEST}")  # checked in the target
+        gone = "mirror.local/cache/team/gone:v1"
+        missing = CheckResult(gone, MISSING, parse_reference(gone), reason="not found")
+        assert subject.replicate_all([mirrored, missing], clock() + 5) == [mirrored, missing]
+        assert copier.calls == 0
+        # the same host outside the prefix is a source like any other
+        assert subject.replicate_all([found("mirror.local/team/app:v1")], clock() + 5)[0].status == REPLICATED
+        assert copier.calls == 1
+    finally:
+        subject.close()
+
+
+def test_without_waiting_for_copies_a_copy_is_started_and_only_a_finished_one_counts(clock):
+    hold = threading.Event()
+    copier = FakeCopier(hold=hold)
+    subject = replicator(copier, clock)
+    try:
+        [result] = subject.replicate_all([found()], clock() + 30, wait_for_copies=False)
+        assert result.copying is True and copier.calls == 1  # answered at once, 30 s of budget unused
+        hold.set()
+        assert subject.replicate_all([found()], clock() + 5)[0].status == REPLICATED
+        assert subject.replicate_all([found()], clock(), wait_for_copies=False)[0].status == REPLICATED
+        assert copier.calls == 1
     finally:
         hold.set()
         subject.close()
