@@ -18,11 +18,13 @@ PURE_CORE = frozenset({
     "errors", "reference", "digest", "manifest", "protocol", "auth", "admission", "policy", "results",
     "cache", "retry", "metrics", "config", "credentials", "netpolicy", "inventory", "mutation",
     "cloud", "lease", "sigv4", "aws", "gcp", "azure",
+    "miniyaml", "kube_config", "kube_api", "pullsecrets", "running", "kube_lease",
 })
 #: the I/O edge, named so that a violation message says what was reached for
 EDGE = frozenset({
     "transport", "registry", "server", "cli", "webhook", "checker", "telemetry", "procstats",
     "replicator", "copier", "logs", "inventory_store", "bulkhead", "mutator", "providers", "credsource",
+    "kube_client", "tenant_credentials", "cluster_inventory", "copy_leases", "replica_inventory",
 })
 FORBIDDEN_STDLIB = frozenset({"http.client", "http.server", "socket", "ssl", "urllib.request", "subprocess"})
 
