@@ -18,6 +18,8 @@ __all__ = [
     "AdmissionRequest",
     "decode_review",
     "extract_images",
+    "pull_secret_names",
+    "template_service_account",
     "encode_response",
     "API_VERSIONS",
     "WORKLOAD_KINDS",
@@ -59,6 +61,11 @@ class AdmissionRequest:
     skip_label: bool = False
     images: tuple[str, ...] = ()
     old_images: frozenset[str] = field(default_factory=frozenset)
+    #: the pod spec's ``imagePullSecrets`` names, in order
+    pull_secrets: tuple[str, ...] = ()
+    #: a template's service account, whose pull secrets its pods will get; "" for a Pod, which
+    #: the ServiceAccount admission plugin has already given them before webhooks see it
+    service_account: str = ""
     #: ``request.object`` as sent, for the mutating endpoint's patch (JSONPatch paths point into it)
     obj: Any = field(default=None, compare=False, repr=False)
 
@@ -122,19 +129,41 @@ def decode_review(body: bytes) -> AdmissionRequest:
         skip_label=_get(obj, "metadata", "labels", SKIP_LABEL) == "true",
         images=extract_images(kind, obj),
         old_images=frozenset(extract_images(kind, old)),
+        pull_secrets=pull_secret_names(kind, obj),
+        service_account=template_service_account(kind, obj),
         obj=obj,
     )
 
 
 def _containers(kind: str, obj: Any) -> Iterator[dict]:
-    path = _POD_SPEC_PATHS.get(kind)
-    spec = _get(obj, *path) if path is not None else None
-    if not isinstance(spec, dict):
-        return
+    spec = _pod_spec(kind, obj)
     for list_name in CONTAINER_LISTS:
         containers = spec.get(list_name)
         if isinstance(containers, list):
             yield from (c for c in containers if isinstance(c, dict))
+
+
+def _pod_spec(kind: str, obj: Any) -> dict:
+    path = _POD_SPEC_PATHS.get(kind)
+    spec = _get(obj, *path) if path is not None else None
+    return spec if isinstance(spec, dict) else {}
+
+
+def pull_secret_names(kind: str, obj: Any) -> tuple[str, ...]:
+    """``imagePullSecrets[].name`` of the pod spec, first occurrence first (at most 20: the kubelet tries
+    each, and a forged list must not make imgrep read hundreds of Secrets)."""
+    entries = _pod_spec(kind, obj).get("imagePullSecrets")
+    names = [e.get("name") for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+    return tuple(dict.fromkeys(n for n in names if isinstance(n, str) and n))[:20]
+
+
+def template_service_account(kind: str, obj: Any) -> str:
+    """The service account a workload's pods will run as (``default`` when unnamed); "" for a Pod."""
+    if kind in ("Pod", "EphemeralContainers") or kind not in _POD_SPEC_PATHS:
+        return ""
+    spec = _pod_spec(kind, obj)
+    name = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
+    return name if isinstance(name, str) else ""
 
 
 def extract_images(kind: str, obj: Any) -> tuple[str, ...]:

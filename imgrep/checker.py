@@ -24,7 +24,11 @@ from .reference import Reference, parse_reference
 from .registry import RegistryClient, Repo
 from .results import ERROR, EXISTS, MISSING, CheckResult, result_from_error
 
-__all__ = ["ImageChecker", "CHECK_WORKERS", "CHECK_WORKERS_PER_REGISTRY"]
+__all__ = ["ImageChecker", "Route", "CHECK_WORKERS", "CHECK_WORKERS_PER_REGISTRY"]
+
+#: which client checks a reference, and the cache scope its answer is filed under ("" is imgrep's
+#: own credentials); None: imgrep's own. Pull secrets route a tenant's images (``tenant_credentials``).
+Route = Callable[[Reference], "tuple[str, RegistryClient] | None"]
 
 #: threads resolving manifests at once; an idle thread costs little, a missing one
 #: makes admissions wait in line
@@ -57,9 +61,12 @@ class ImageChecker:
         self._lock = threading.Lock()
         self._pool = Bulkhead(CHECK_WORKERS, CHECK_WORKERS_PER_REGISTRY, name="imgrep-check", clock=clock)
 
-    def check_all(self, images: list[str], deadline: float) -> list[CheckResult]:
-        """One result per image, in order, all within ``deadline`` (monotonic seconds)."""
-        slots: list[CheckResult | Future[CheckResult]] = [self._start(image, deadline) for image in images]
+    def check_all(self, images: list[str], deadline: float, route: Route | None = None) -> list[CheckResult]:
+        """One result per image, in order, all within ``deadline`` (monotonic seconds).
+
+        A result obtained through ``route``'s client is cached and shared only within its scope.
+        """
+        slots: list[CheckResult | Future[CheckResult]] = [self._start(image, deadline, route) for image in images]
         pending = [slot for slot in slots if isinstance(slot, Future)]
         if pending:
             wait(pending, timeout=max(0.0, deadline - self.clock()))
@@ -68,7 +75,7 @@ class ImageChecker:
             self.on_result(result)
         return results
 
-    def _start(self, image: str, deadline: float) -> CheckResult | Future[CheckResult]:
+    def _start(self, image: str, deadline: float, route: Route | None = None) -> CheckResult | Future[CheckResult]:
         try:
             reference = parse_reference(image)
         except InvalidReference as exc:
@@ -76,7 +83,8 @@ class ImageChecker:
         if self.allowed and reference.registry not in self.allowed:
             return CheckResult(image, ERROR, reference, reason="registry not allowed",
                                detail=f"{reference.registry} is not in ALLOWED_REGISTRIES")
-        key = str(reference)
+        scope, client = (route(reference) if route else None) or ("", self.client)
+        key = f"{scope}#{reference}" if scope else str(reference)
         with self._lock:
             # cache and in-flight map are read together: a lookup caches its result before
             # it is forgotten, so a key in neither place truly needs a new lookup
@@ -90,7 +98,7 @@ class ImageChecker:
             # early, and every admission that joins it waits only as long as its own budget
             own = max(deadline, self.clock() + self.lookup_timeout)
             future = self._pool.submit(reference.api_host, own,
-                                       lambda: self._lookup(image, reference, own))
+                                       lambda: self._lookup(image, reference, own, client, key))
             self._inflight[key] = future
         # outside the lock: a lookup that has already finished runs _forget right here
         future.add_done_callback(lambda _f, k=key: self._forget(k))
@@ -113,9 +121,10 @@ class ImageChecker:
             return result_from_error(image, parse_reference(image), refused)
         return _as_written(slot.result(), image)
 
-    def _lookup(self, image: str, reference: Reference, deadline: float) -> CheckResult:
+    def _lookup(self, image: str, reference: Reference, deadline: float, client: RegistryClient,
+                key: str) -> CheckResult:
         try:
-            info = self.client.resolve(Repo(reference.api_host, reference.repository), reference.identifier, deadline)
+            info = client.resolve(Repo(reference.api_host, reference.repository), reference.identifier, deadline)
         except ImgrepError as exc:
             result = result_from_error(image, reference, exc)
         except Exception as exc:  # the lookup thread's boundary: a bug becomes this image's error, not a 500
@@ -123,7 +132,7 @@ class ImageChecker:
             result = result_from_error(image, reference, internal)
         else:
             result = CheckResult(image, EXISTS, reference, digest=info.digest)
-        self._cache.put(str(reference), replace(result, cached=True), self._ttl(reference, result), self.clock())
+        self._cache.put(key, replace(result, cached=True), self._ttl(reference, result), self.clock())
         return result
 
     def _ttl(self, reference: Reference, result: CheckResult) -> float:

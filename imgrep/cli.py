@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import ssl
 import sys
 import threading
@@ -31,6 +32,10 @@ from .errors import ConfigError, ImgrepError
 from .inventory import (SORT_KEYS, BadQuery, Inventory, entry_from_dict, parse_query, render_csv, render_json,
                         render_table)
 from .inventory_store import InventoryStore
+from .cluster_inventory import ClusterInventory
+from .copy_leases import CopyLeases
+from .replica_inventory import run_replica_inventory
+from .kube_client import KubeClient, connect
 from .logs import Logger
 from .mutator import Mutator
 from .reference import Reference, parse_reference
@@ -39,6 +44,7 @@ from .replicator import Replicator
 from .server import QUERY, App, CertificateReloader, HttpServer, Lifecycle
 from .sync_runner import DEFAULT_JOBS, MAX_JOBS, read_input, run_sync
 from .telemetry import Telemetry
+from .tenant_credentials import PullSecretSource
 from .transport import Transport
 from .webhook import JSON, Webhook
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -84,6 +90,11 @@ def _parser() -> argparse.ArgumentParser:
                            help="most recent first, most admissions first, or by registry (default: %(default)s)")
     inventory.add_argument("--namespace", help="only images seen in this namespace (comma list: any of them)")
     inventory.add_argument("--registry", help="only images from this registry host (comma list: any of them)")
+    inventory.add_argument("--replicas", action="store_true",
+                           help="every replica's inventory merged, found and asked through the Kubernetes API "
+                                "(KUBECONFIG or ~/.kube/config, or in-cluster)")
+    inventory.add_argument("--replica-namespace", default="image-replicator", metavar="NAMESPACE",
+                           help="where the replicas run, with --replicas (default: %(default)s)")
     inventory.add_argument("--status", help="only images with this status: exists, missing, error, replicated "
                                             "or unchecked (comma list: any of them)")
     return parser
@@ -312,12 +323,67 @@ class ListenError(ImgrepError):
     """A port that cannot be bound (in use, or privileged)."""
 
 
+@dataclass(frozen=True)
+class ClusterFeatures:
+    """What needs the Kubernetes API, and a word for each on why it is on or off (the start-up line)."""
+
+    kube: KubeClient | None
+    pull_secrets: PullSecretSource | None
+    said: dict[str, str]
+
+
+def cluster_features(runtime: Runtime) -> ClusterFeatures:
+    config = runtime.config
+    connection = connect(config.kube)
+    said = {"api": connection.description}
+    pull_secrets = None
+    if connection.client is None:
+        said["pull_secrets"] = said["cluster_inventory"] = said["copy_leases"] = "off: no API access"
+        return ClusterFeatures(None, None, said)
+    if not config.kube.pull_secrets:
+        said["pull_secrets"] = "off: PULL_SECRETS=false"
+    else:
+        # imgrep's own lookup (static credentials, then cloud providers) for what no Secret covers
+        pull_secrets = PullSecretSource(connection.client, runtime.transport, runtime.client.credentials,
+                                        runtime.logger, cache_seconds=config.kube.pull_secret_cache_seconds,
+                                        target_host=config.target.host if config.target else "")
+        said["pull_secrets"] = "on (needs get on secrets and serviceaccounts in the namespaces served)"
+    interval = config.kube.cluster_inventory_seconds
+    said["cluster_inventory"] = (f"on, every {interval:g} s (needs list on pods cluster-wide)" if interval
+                                 else "off: CLUSTER_INVENTORY_SECONDS=0")
+    if runtime.replicator is None:
+        said["copy_leases"] = "off: TARGET_REGISTRY is not set"
+    elif not config.kube.copy_leases:
+        said["copy_leases"] = "off: COPY_LEASES=false"
+    else:
+        namespace = config.kube.pod_namespace or connection.client.namespace or "image-replicator"
+        identity = config.kube.pod_name or socket.gethostname()
+        leases = CopyLeases(connection.client, namespace, identity, runtime.logger,
+                            duration=config.kube.copy_lease_seconds)
+        runtime.replicator.exclusive = leases.exclusive
+        said["copy_leases"] = (f"on, as {identity} in namespace {namespace} (needs get, create, update, delete "
+                               "on leases there)")
+    return ClusterFeatures(connection.client, pull_secrets, said)
+
+
+def start_cluster_inventory(runtime: Runtime, features: ClusterFeatures, inventory: Inventory,
+                            store: InventoryStore | None) -> ClusterInventory | None:
+    interval = runtime.config.kube.cluster_inventory_seconds
+    if features.kube is None or not interval:
+        return None
+    watcher = ClusterInventory(features.kube, inventory, runtime.logger, runtime.telemetry, interval=interval,
+                               store=store)
+    watcher.start()
+    return watcher
+
+
 def run_serve(runtime: Runtime) -> int:
     config, logger = runtime.config, runtime.logger
     lifecycle = Lifecycle()
+    cluster = cluster_features(runtime)
     inventory, inventory_store = open_inventory(runtime)
     webhook = Webhook(config, runtime.checker, runtime.telemetry, logger, replicator=runtime.replicator,
-                      inventory=inventory, inventory_store=inventory_store)
+                      inventory=inventory, inventory_store=inventory_store, pull_secrets=cluster.pull_secrets)
     mutator = Mutator(config, webhook, runtime.telemetry, logger)
 
     def metrics(_body, _headers):
@@ -359,7 +425,8 @@ def run_serve(runtime: Runtime) -> int:
     health.serve_in_thread()
     server.serve_in_thread()
     lifecycle.ready = True
-    logger.info("started", version=__version__, config=config.summary())
+    logger.info("started", version=__version__, config=config.summary(), cluster=cluster.said)
+    watcher = start_cluster_inventory(runtime, cluster, inventory, inventory_store)
     signal.sigwait(stop_signals)
     lifecycle.draining = True
     logger.info("draining", delay_seconds=config.shutdown_delay_seconds)
@@ -367,6 +434,8 @@ def run_serve(runtime: Runtime) -> int:
     # an answer in progress needs at most the admission budget
     server.drain(grace=config.admission_budget_seconds + 2)
     health.drain(grace=1)
+    if watcher is not None:
+        watcher.stop()
     if inventory_store is not None:
         inventory_store.close()
     logger.info("stopped")
@@ -380,10 +449,16 @@ def run_serve(runtime: Runtime) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "inventory":  # a plain HTTP client: the webhook's environment is not needed
-        return run_inventory(args.url, args.sort,
-                             {"namespace": args.namespace, "registry": args.registry, "status": args.status})
+    filters = {"namespace": getattr(args, "namespace", None), "registry": getattr(args, "registry", None),
+               "status": getattr(args, "status", None)}
+    if args.command == "inventory" and not args.replicas:  # a plain HTTP client: no environment needed
+        return run_inventory(args.url, args.sort, filters)
     try:
+        if args.command == "inventory":
+            connection = connect(load_config(os.environ).kube, allow_default_kubeconfig=True)
+            if connection.client is None:
+                raise ConfigError("KUBECONFIG", f"--replicas needs the Kubernetes API: {connection.description}")
+            return run_replica_inventory(connection.client, args.replica_namespace, args.sort, filters)
         runtime = build_runtime(load_config(os.environ))
         if args.command == "check":
             return run_check(runtime, args.images)

@@ -18,6 +18,7 @@ from .cloud import AwsSettings, AzureSettings, CloudSettings, EcrRepositorySetti
 from .credentials import CredentialStore, normalise_registry
 from .errors import ConfigError
 from .retry import REQUEST_RETRY, UPLOAD_RETRY, RetryPolicy
+from .kube_config import KubeSettings
 
 __all__ = ["Config", "TargetRegistry", "load_config", "DEFAULT_EXCLUDED_NAMESPACES", "MUTATE_OFF", "MUTATE_TARGET",
            "MUTATE_PIN"]
@@ -82,6 +83,8 @@ class Config:
     request_retry: RetryPolicy = REQUEST_RETRY
     #: one whole blob upload (HEAD, POST, PATCH, PUT), retried on temporary failures
     upload_retry: RetryPolicy = UPLOAD_RETRY
+    #: cluster features: API access and pull secrets (README "Cluster features")
+    kube: KubeSettings = field(default_factory=KubeSettings)
 
     def summary(self) -> dict[str, object]:
         """Effective configuration for the start-up log: no secrets, only where they came from."""
@@ -107,6 +110,8 @@ class Config:
             "inventory_file": self.inventory_file,
             "log_format": self.log_format,
             "mutate": self.mutate,
+            "kubernetes_api": self.kube.mode,
+            "pull_secrets": self.kube.pull_secrets,
         }
 
 
@@ -258,6 +263,27 @@ def load_config(environ: Mapping[str, str], read_text: Callable[[str], str] = _r
         copy_concurrency=int(env.number("COPY_CONCURRENCY", 4, minimum=1, maximum=64, integer=True)),
         mutate=_mutate(env, target),
         cloud=cloud_settings,
+        kube=_kube(env),
+    )
+
+
+def _kube(env: _Reader) -> KubeSettings:
+    """The variables of the cluster features; the kubelet sets the two KUBERNETES_SERVICE_* itself."""
+    listing = env.number("CLUSTER_INVENTORY_SECONDS", 300, minimum=0, maximum=86_400)
+    if 0 < listing < 10:
+        raise ConfigError("CLUSTER_INVENTORY_SECONDS", f"0 (off) or at least 10, got {listing:g}")
+    return KubeSettings(
+        mode=env.choice("KUBERNETES_API", "auto", ("auto", "off")),
+        service_host=env.raw("KUBERNETES_SERVICE_HOST"),
+        service_port=int(env.number("KUBERNETES_SERVICE_PORT", 443, minimum=1, maximum=65535, integer=True)),
+        kubeconfig=env.raw("KUBECONFIG"),
+        pull_secrets=env.boolean("PULL_SECRETS", True),
+        pull_secret_cache_seconds=env.number("PULL_SECRET_CACHE_SECONDS", 30, minimum=0, maximum=3600),
+        cluster_inventory_seconds=listing,
+        copy_leases=env.boolean("COPY_LEASES", True),
+        copy_lease_seconds=int(env.number("COPY_LEASE_SECONDS", 15, minimum=2, maximum=300, integer=True)),
+        pod_name=env.raw("POD_NAME"),
+        pod_namespace=env.raw("POD_NAMESPACE"),
     )
 
 

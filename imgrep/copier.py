@@ -19,6 +19,7 @@ any size cannot deadlock.
 
 from __future__ import annotations
 
+import copy
 import random
 import threading
 import time
@@ -158,6 +159,13 @@ class Copier:
         self._known: dict[str, str] = {}  # blob digest → target repository holding it
         self._known_lock = threading.Lock()
         self._monolithic: set[str] = set()  # target registries that refused PATCH
+
+    def with_client(self, client: RegistryClient) -> "Copier":
+        """This engine (pool, retry policy, known blob locations) speaking through another client:
+        one that holds a tenant's pull secret for the source."""
+        twin = copy.copy(self)
+        twin.client = client
+        return twin
 
     # -- whole images -------------------------------------------------------
 

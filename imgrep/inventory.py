@@ -24,6 +24,7 @@ from .credentials import normalise_registry
 from .errors import ImgrepError, InvalidReference
 from .reference import parse_reference
 from .results import ERROR, EXISTS, MISSING, REPLICATED, CheckResult
+from .running import Running
 
 __all__ = [
     "Entry",
@@ -38,6 +39,7 @@ __all__ = [
     "entry_from_line",
     "entry_from_dict",
     "sort_entries",
+    "merge_views",
     "UNCHECKED",
     "STATUSES",
     "FIELDS",
@@ -48,7 +50,9 @@ UNCHECKED = "unchecked"
 STATUSES = (EXISTS, MISSING, ERROR, REPLICATED, UNCHECKED)
 #: SPEC "Inventory", in this order in JSON objects and CSV columns
 FIELDS = ("image", "registry", "repository", "tag", "digest", "status", "first_seen", "last_seen", "count",
-          "namespaces", "kinds")
+          "namespaces", "kinds", "running", "running_digests")
+#: what a line must hold; the running fields came later and default to nothing running
+_REQUIRED = FIELDS[:11]
 SORT_KEYS = ("last_seen", "count", "registry")
 FORMATS = ("json", "csv")
 #: a valid reference is at most about 520 characters (255 name, 128 tag, a sha512 digest);
@@ -58,6 +62,8 @@ MAX_IMAGE_CHARS = 1024
 MAX_NAME_CHARS = 253
 #: namespaces remembered per image, so a namespace-per-branch cluster cannot grow one entry without bound
 MAX_NAMESPACES = 100
+#: digests remembered per running image (nodes that pulled a moving tag at different times)
+MAX_RUNNING_DIGESTS = 10
 #: spreadsheets run a cell that starts with one of these as a formula (OWASP "CSV injection")
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -74,9 +80,11 @@ class Entry:
     status: str  # one of STATUSES
     first_seen: float  # wall-clock seconds
     last_seen: float
-    count: int  # admissions it was seen in
+    count: int  # admissions it was seen in (0: only seen running)
     namespaces: frozenset[str]
     kinds: frozenset[str]
+    running: int = 0  # pods running it at the last cluster listing
+    running_digests: frozenset[str] = frozenset()  # what the nodes pulled (containerStatuses[].imageID)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -91,6 +99,8 @@ class Entry:
             "count": self.count,
             "namespaces": sorted(self.namespaces),
             "kinds": sorted(self.kinds),
+            "running": self.running,
+            "running_digests": sorted(self.running_digests),
         }
 
     @functools.cached_property
@@ -130,6 +140,12 @@ def _name_parts(image: str) -> tuple[str, str, str, str]:
     except InvalidReference:
         return "", "", "", ""
     return reference.registry, reference.repository, reference.tag or "", reference.digest or ""
+
+
+def _with_namespaces(have: frozenset[str], more: frozenset[str]) -> frozenset[str]:
+    """``have`` and as many of ``more`` as MAX_NAMESPACES leaves room for (first by name)."""
+    room = max(0, MAX_NAMESPACES - len(have))
+    return have | frozenset(sorted(more - have)[:room]) if room and not more <= have else have
 
 
 def _status(previous: Entry | None, result: CheckResult | None, invalid: bool) -> str:
@@ -181,18 +197,25 @@ class Inventory:
         namespace, kind = namespace[:MAX_NAME_CHARS], kind[:MAX_NAME_CHARS]
         now = round(now, 3)  # what the file keeps, so that a restart changes nothing
         changed: list[Entry] = []
-        evicted = 0
         with self._lock:
             for image in dict.fromkeys(images):
-                entry = self._updated(image[:MAX_IMAGE_CHARS], results.get(image), namespace, kind, now)
-                self._entries[entry.image] = entry
-                self._entries.move_to_end(entry.image)
-                changed.append(entry)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
-                evicted += 1
-            size = len(self._entries)
-        return Recorded(tuple(changed), evicted, size)
+                changed.append(self._seen(self._updated(image[:MAX_IMAGE_CHARS], results.get(image), namespace,
+                                                        kind, now)))
+            return self._recorded(changed)
+
+    def _seen(self, entry: Entry) -> Entry:
+        """Store ``entry`` as the most recently seen (lock held)."""
+        self._entries[entry.image] = entry
+        self._entries.move_to_end(entry.image)
+        return entry
+
+    def _recorded(self, changed: list[Entry]) -> Recorded:
+        """Evict the least recently seen beyond the bound, and say what changed (lock held)."""
+        evicted = 0
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+            evicted += 1
+        return Recorded(tuple(changed), evicted, len(self._entries))
 
     def _updated(self, image: str, result: CheckResult | None, namespace: str, kind: str, now: float) -> Entry:
         previous = self._entries.get(image)
@@ -208,6 +231,36 @@ class Inventory:
         kinds = previous.kinds | {kind} if kind and kind not in previous.kinds else previous.kinds
         return dataclasses.replace(previous, digest=digest, status=status, last_seen=max(previous.last_seen, now),
                                    count=previous.count + 1, namespaces=namespaces, kinds=kinds)
+
+    def observe_running(self, running: Mapping[str, Running], now: float) -> Recorded:
+        """One listing of the cluster's pods: each image's pods, pulled digests and places.
+
+        Images of the listing that admission never saw come in with ``count`` 0 and status
+        ``unchecked``; an image no pod runs any more keeps its entry with ``running`` 0.
+        """
+        now = round(now, 3)
+        changed: list[Entry] = []
+        with self._lock:
+            for image, entry in list(self._entries.items()):
+                if entry.running and image not in running:
+                    self._entries[image] = dataclasses.replace(entry, running=0)  # not seen: its place stays
+                    changed.append(self._entries[image])
+            for image, seen in running.items():
+                image = image[:MAX_IMAGE_CHARS]
+                changed.append(self._seen(self._running_entry(self._entries.get(image), image, seen, now)))
+            return self._recorded(changed)
+
+    @staticmethod
+    def _running_entry(previous: Entry | None, image: str, seen: Running, now: float) -> Entry:
+        digests = frozenset(sorted(seen.digests)[:MAX_RUNNING_DIGESTS])
+        if previous is None:
+            registry, repository, tag, pinned = _name_parts(image)
+            return Entry(image, registry, repository, tag, pinned, ERROR if not registry else UNCHECKED, now, now, 0,
+                         frozenset(sorted(seen.namespaces)[:MAX_NAMESPACES]), frozenset(seen.kinds), seen.pods,
+                         digests)
+        namespaces = _with_namespaces(previous.namespaces, seen.namespaces)
+        return dataclasses.replace(previous, last_seen=max(previous.last_seen, now), namespaces=namespaces,
+                                   kinds=previous.kinds | seen.kinds, running=seen.pods, running_digests=digests)
 
     def restore(self, entries: Iterable[Entry]) -> int:
         """Load entries read back from the file; the most recently seen win. Returns how many were dropped.
@@ -329,7 +382,7 @@ def entry_from_dict(document: object) -> Entry:
     """An Entry from its JSON object; ValueError names what is wrong. Unknown keys are ignored."""
     if not isinstance(document, dict):
         raise ValueError("not a JSON object")
-    missing = [field for field in FIELDS if field not in document]
+    missing = [field for field in _REQUIRED if field not in document]
     if missing:
         raise ValueError(f"no {missing[0]!r}")
     texts = {field: document[field] for field in ("image", "registry", "repository", "tag", "digest", "status")}
@@ -337,12 +390,14 @@ def entry_from_dict(document: object) -> Entry:
         raise ValueError("a text field is not a string")
     if texts["status"] not in STATUSES or not texts["image"]:
         raise ValueError("bad status or empty image")
-    count = document["count"]
-    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-        raise ValueError("count is not a positive integer")
+    count, running = document["count"], document.get("running", 0)
+    for number in (count, running):
+        if not isinstance(number, int) or isinstance(number, bool) or number < 0:
+            raise ValueError("count or running is not a whole number")
     first_seen, last_seen = _seconds(document["first_seen"]), _seconds(document["last_seen"])
     return Entry(**texts, first_seen=first_seen, last_seen=max(first_seen, last_seen), count=count,
-                 namespaces=_strings(document["namespaces"]), kinds=_strings(document["kinds"]))
+                 namespaces=_strings(document["namespaces"]), kinds=_strings(document["kinds"]), running=running,
+                 running_digests=_strings(document.get("running_digests", [])))
 
 
 def entry_from_line(line: str) -> Entry | None:
@@ -351,6 +406,32 @@ def entry_from_line(line: str) -> Entry | None:
         return entry_from_dict(json.loads(line))
     except (ValueError, RecursionError):
         return None
+
+
+# --- several replicas ----------------------------------------------------------------------
+
+
+def merge_views(views: Iterable[Iterable[Entry]]) -> list[Entry]:
+    """Every replica's inventory as one: each replica saw its share of the admissions.
+
+    Counts add up, ``first_seen`` is the earliest and ``last_seen`` the latest, namespaces and
+    kinds are the union (bounded as ever). Status and digest are those of the replica that saw
+    the image last; so are ``running`` and ``running_digests``, which every replica lists for the
+    whole cluster (adding them up would count each pod once per replica).
+    """
+    merged: dict[str, Entry] = {}
+    for view in views:
+        for entry in view:
+            known = merged.get(entry.image)
+            if known is None:
+                merged[entry.image] = entry
+                continue
+            latest = entry if entry.last_seen >= known.last_seen else known
+            namespaces = _with_namespaces(known.namespaces, entry.namespaces)
+            merged[entry.image] = dataclasses.replace(
+                latest, first_seen=min(known.first_seen, entry.first_seen), last_seen=latest.last_seen,
+                count=known.count + entry.count, namespaces=namespaces, kinds=known.kinds | entry.kinds)
+    return list(merged.values())
 
 
 # --- the operator's table --------------------------------------------------------------

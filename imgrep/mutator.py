@@ -63,7 +63,7 @@ class Mutator:
         if not images:
             return "already_rewritten", {}
         replicate = mode == MUTATE_TARGET and not request.dry_run  # sideEffects: NoneOnDryRun
-        results = self.webhook.look_up(images, deadline, replicate=replicate)
+        results = self.webhook.look_up(images, deadline, replicate=replicate, request=request)
         rewritten = {}
         for result in results:
             new = replacement(result, mode, target, self._target_repository)

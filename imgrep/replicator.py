@@ -87,6 +87,8 @@ class Replicator:
         self.remember_seconds = remember_seconds
         self.clock = clock
         self.on_done = on_done
+        #: runs a copy while no other replica copies the same image (``copy_leases``); set before serving
+        self.exclusive: Callable[[str, float, Callable[[], CopyResult]], CopyResult] | None = None
         self._jobs: dict[str, _Job] = {}
         self._failures: dict[str, _Failure] = {}
         self._replicated: TTLCache[str] = TTLCache(MAX_REMEMBERED)
@@ -106,22 +108,24 @@ class Replicator:
         repo = self.target_repo(reference)
         return f"{repo.registry}/{repo.repository}{tag}@{digest}"
 
-    def replicate_all(self, results: list[CheckResult], deadline: float, *,
+    def replicate_all(self, results: list[CheckResult], deadline: float,
+                      copy_client: Callable[[Reference], RegistryClient | None] | None = None, *,
                       wait_for_copies: bool = True) -> list[CheckResult]:
         """Each existing image copied (or found) in the target; others pass through unchanged.
 
         Source errors are turned into allowance with a warning when the target holds the
-        tag (SPEC: "source unreachable but the target already holds the tag"). Without
-        ``wait_for_copies`` a copy is started (or joined) but only one already done counts.
+        tag (SPEC: "source unreachable but the target already holds the tag"). ``copy_client`` gives
+        the client a copy reads its source with (a tenant's pull secret), None for imgrep's own.
+        Without ``wait_for_copies`` a copy is started (or joined) but only one already done counts.
         """
-        slots = [self._start(result, deadline) for result in results]
+        slots = [self._start(result, deadline, copy_client) for result in results]
         pending = [future for result, future in slots
                    if future is not None and (wait_for_copies or result.status == ERROR)]
         if pending:
             wait(pending, timeout=max(0.0, deadline - self.clock()))
         return [self._settle(result, future) for result, future in slots]
 
-    def _start(self, result: CheckResult, deadline: float) -> tuple[CheckResult, Future | None]:
+    def _start(self, result: CheckResult, deadline: float, copy_client=None) -> tuple[CheckResult, Future | None]:
         ref = result.reference
         if ref is None:
             return result, None
@@ -134,9 +138,9 @@ class Replicator:
         key = self._key(ref, result.digest or "")
         if self._replicated.get(key, self.clock()) is not None:
             return replace(result, status=REPLICATED), None
-        return result, self._job(ref, result.digest or "", key)
+        return result, self._job(ref, result.digest or "", key, copy_client(ref) if copy_client else None)
 
-    def _job(self, ref: Reference, digest: str, key: str) -> Future:
+    def _job(self, ref: Reference, digest: str, key: str, client: RegistryClient | None = None) -> Future:
         now = self.clock()
         with self._lock:
             job = self._jobs.get(key)
@@ -148,8 +152,9 @@ class Replicator:
                 done.set_exception(_Failed(failure.reason))
                 return done
             progress = Progress()
+            copier = self.copier.with_client(client) if client is not None else self.copier
             future = self._pool.submit(ref.api_host, now + self.timeout,
-                                       lambda: self._run(ref, digest, key, progress))
+                                       lambda: self._run(ref, digest, key, progress, copier))
             self._jobs[key] = _Job(future, progress)
         # a job refused by the bulkhead never ran _run, which forgets finished jobs itself
         future.add_done_callback(lambda done, k=key: self._forget(k, done))
@@ -161,13 +166,16 @@ class Replicator:
             if job is not None and job.future is future:
                 del self._jobs[key]
 
-    def _run(self, ref: Reference, digest: str, key: str, progress: Progress) -> CopyResult:
+    def _run(self, ref: Reference, digest: str, key: str, progress: Progress, copier: Copier) -> CopyResult:
         started = self.clock()
         # copy the digest the admission check saw and tag it, so the tag in the
         # target names exactly what was admitted even if the source tag moves meanwhile
+        def copy() -> CopyResult:
+            return copier.copy(Repo(ref.api_host, ref.repository), ref.identifier, self.target_repo(ref),
+                               started + self.timeout, progress, digest=digest)
+
         try:
-            result = self.copier.copy(Repo(ref.api_host, ref.repository), ref.identifier, self.target_repo(ref),
-                                      started + self.timeout, progress, digest=digest)
+            result = self.exclusive(key, started + self.timeout, copy) if self.exclusive else copy()
         except Exception as exc:  # the job's boundary: every failure is reported, then retried after backoff
             reason = _failure_reason(exc)
             with self._lock:

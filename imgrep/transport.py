@@ -160,6 +160,7 @@ class Transport:
         ca_file: str | None = None,
         timeout: float = 30.0,
         observe: Observer | None = None,
+        tls: ssl.SSLContext | None = None,
         exempt: frozenset[tuple[str, int]] = frozenset(),
     ):
         """``exempt``: (IP, port) pairs the address guard lets through, for a credential
@@ -168,8 +169,10 @@ class Transport:
         self._exempt = exempt
         self.timeout = timeout
         self._observe = observe or (lambda *args: None)
-        self._tls = ssl.create_default_context(cafile=None)
-        self._tls.minimum_version = ssl.TLSVersion.TLSv1_2
+        # ``tls``: a context of the caller's (the Kubernetes client trusts the cluster CA only
+        # and may present a client certificate); deadlines apply to it all the same
+        self._tls = tls or ssl.create_default_context(cafile=None)
+        self._tls.minimum_version = max(self._tls.minimum_version, ssl.TLSVersion.TLSv1_2)
         self._tls.sslsocket_class = _DeadlineSSLSocket
         if ca_file:
             self._tls.load_verify_locations(cafile=ca_file)

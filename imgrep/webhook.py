@@ -22,6 +22,7 @@ from .logs import Logger
 from .policy import POD_KINDS, Decision, decide, too_many_images, triage
 from .replicator import Replicator
 from .telemetry import Telemetry
+from .tenant_credentials import PullSecretSource
 
 __all__ = ["Webhook", "JSON", "read_review", "error_body", "log_fields"]
 
@@ -63,6 +64,7 @@ class Webhook:
         inventory: Inventory | None = None,
         inventory_store: InventoryStore | None = None,
         wall_clock: Callable[[], float] = time.time,
+        pull_secrets: PullSecretSource | None = None,
     ):
         self.config = config
         self.checker = checker
@@ -73,6 +75,7 @@ class Webhook:
         self.inventory = inventory if inventory is not None else Inventory(config.inventory_max)
         self.inventory_store = inventory_store
         self.wall_clock = wall_clock
+        self.pull_secrets = pull_secrets
 
     def handle(self, body: bytes, content_type: str) -> tuple[int, bytes]:
         """(HTTP status, JSON body): 200 with an AdmissionReview, or 4xx with a one-line reason."""
@@ -104,19 +107,25 @@ class Webhook:
         # With Pods pointed at the mirror, /mutate has waited for their copies and rewritten what was
         # done. A copy that completed while validation waited would admit the Pod as written, unmirrored.
         pointed = self.config.mutate == MUTATE_TARGET and request.kind in POD_KINDS
-        results = self.look_up(list(request.new_images), deadline, replicate=replicate, wait_for_copies=not pointed)
+        results = self.look_up(list(request.new_images), deadline, replicate=replicate, wait_for_copies=not pointed,
+                               request=request)
         decision = decide(request, results, mode=self.config.mode, error_policy=self.config.registry_error_policy)
         return decision, results
 
-    def look_up(self, images: list[str], deadline: float, *, replicate: bool,
-                wait_for_copies: bool = True) -> list[CheckResult]:
+    def look_up(self, images: list[str], deadline: float, *, replicate: bool, wait_for_copies: bool = True,
+                request: AdmissionRequest | None = None) -> list[CheckResult]:
         """One check result per image within ``deadline``; with ``replicate``, copied to the target too
-        (the mutating endpoint asks the same, and shares the same lookups and copies)."""
+        (the mutating endpoint asks the same, and shares the same lookups and copies). ``request``'s
+        pull secrets check and copy the images their registries cover (README "Pull secrets")."""
         reserve = self.config.admission_budget_seconds * TARGET_FALLBACK_SHARE if replicate else 0.0
-        results = self.checker.check_all(images, deadline - reserve)
+        route = None
+        if request is not None and self.pull_secrets is not None:
+            route = self.pull_secrets.route(request, deadline)
+        results = self.checker.check_all(images, deadline - reserve, route)
         self._count_checks(results)
         if replicate:
-            results = self.replicator.replicate_all(results, deadline, wait_for_copies=wait_for_copies)
+            results = self.replicator.replicate_all(results, deadline, route.copy_client if route else None,
+                                                    wait_for_copies=wait_for_copies)
         return results
 
     def _remember(self, request: AdmissionRequest, results: list[CheckResult]) -> None:

@@ -114,6 +114,16 @@ YAML
     printf '%s\n' "$workload"
 }
 
+# ensure_credentials_secret NAMESPACE_YAML: the namespace, and an empty registry-dockerconfig Secret
+# when there is none yet. The Deployment mounts it as imgrep's registry credentials
+# file; one applied by hand (deploy/secret-credentials.yaml) is never overwritten.
+ensure_credentials_secret() {
+    kubectl apply -f "$1" >/dev/null
+    kubectl -n "$NAMESPACE" get secret registry-dockerconfig >/dev/null 2>&1 ||
+        kubectl -n "$NAMESPACE" create secret generic registry-dockerconfig \
+            --type=kubernetes.io/dockerconfigjson --from-literal=.dockerconfigjson='{"auths":{}}' >/dev/null
+}
+
 wait_for_rollout() {
     log "waiting for deployment/$APP to become ready"
     kubectl -n "$NAMESPACE" rollout status "deployment/$APP" --timeout="${ROLLOUT_TIMEOUT:-300s}"

@@ -69,6 +69,7 @@ for component in cert-manager cert-manager-cainjector cert-manager-webhook; do
     kubectl -n cert-manager rollout status "deployment/$component" --timeout="${ROLLOUT_TIMEOUT:-300s}"
 done
 
+ensure_credentials_secret "$script_dir/../deploy/base/namespace.yaml"
 workload=$(write_workload_overlay "$overlay")
 # cert-manager's webhook validates Issuers and Certificates and may refuse
 # connections for a few seconds after its rollout.

@@ -8,16 +8,19 @@ case ${BASH_SOURCE[0]} in */*) script_dir=${BASH_SOURCE[0]%/*} ;; *) script_dir=
 # shellcheck source-path=SCRIPTDIR source=common.sh
 . "$script_dir/common.sh"
 
-usage="usage: deploy.sh [--dry-run] [--cert-dir DIR] [--image IMAGE] [--mutating] [-h|--help]
+usage="usage: deploy.sh [--dry-run] [--audit | --mutating] [--cert-dir DIR] [--image IMAGE] [-h|--help]
 
   --dry-run        print the manifests that would be applied (TLS Secret included) and
                    touch no cluster; certificates are still made in the cert directory
+  --audit          install deploy/audit (development clusters: MODE=audit, failurePolicy
+                   Ignore, only imgrep's own namespace excluded)
   --cert-dir DIR   certificates to use, made there when absent (env CERT_DIR, default ./certs)
   --image IMAGE    the imgrep image to run (env IMAGE, default: the one in deploy/base)
   --mutating       also register the mutating webhook that points Pods at their mirror
                    copies (deploy/mutating; set TARGET_REGISTRY in its deployment.yaml first)"
 
 dry_run=false
+audit=false
 cert_dir=${CERT_DIR:-./certs}
 image=${IMAGE:-}
 mutating=false
@@ -27,6 +30,10 @@ while (($#)); do
     -h | --help) show_usage ;;
     --dry-run)
         dry_run=true
+        shift
+        ;;
+    --audit)
+        audit=true
         shift
         ;;
     --cert-dir)
@@ -47,6 +54,11 @@ while (($#)); do
     esac
 done
 
+# Each is a kustomization of deploy/base of its own; a development cluster audits, a
+# production one may point Pods at their mirror copies.
+if $audit && $mutating; then
+    die "--audit and --mutating are separate installs; choose one"$'\n'"$usage"
+fi
 require kubectl openssl
 [[ -z $image ]] || validate_image "$image"
 $dry_run || require_cluster
@@ -70,7 +82,9 @@ kubectl create secret tls "$APP-tls" --namespace "$NAMESPACE" \
     --dry-run=client -o yaml >"$overlay/tls-secret.yaml"
 manifests=$script_dir/../deploy
 webhooks=(ValidatingWebhookConfiguration)
-if $mutating; then
+if $audit; then
+    manifests=$script_dir/../deploy/audit
+elif $mutating; then
     manifests=$script_dir/../deploy/mutating
     webhooks+=(MutatingWebhookConfiguration)
 fi
@@ -88,6 +102,7 @@ if $dry_run; then
     exit 0
 fi
 
+ensure_credentials_secret "$script_dir/../deploy/base/namespace.yaml"
 workload=$(write_workload_overlay "$overlay" "${webhooks[@]}")
 kubectl apply -k "$workload"
 wait_for_rollout

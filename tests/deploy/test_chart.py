@@ -48,8 +48,11 @@ EVERY_SETTING = {
     "debug": True,
     "inventory": {"max": 50000, "persist": True, "sizeLimit": "1Gi"},
     "registryCA": {"configMap": "internal-ca", "key": "bundle.pem"},
-    "credentials": {"secretName": "mirror-credentials", "dockerConfigSecretName": "mirror-pull",
-                    "useDockerConfigSecret": True},
+    "credentials": {"dockerConfigSecretName": "mirror-pull"},
+    "kubernetesAPI": "off",
+    "pullSecrets": {"enabled": False, "cacheSeconds": 60},
+    "clusterInventory": {"intervalSeconds": 600},
+    "copyLeases": {"enabled": False, "durationSeconds": 30},
     "env": {"REGISTRY_MIRROR_URL": "registry.example.com", "SKIP_TLS": False},
     "extraEnv": [{"name": "REGISTRY_MIRROR_TOKEN",
                   "valueFrom": {"secretKeyRef": {"name": "mirror-token", "key": "token"}}}],
@@ -70,12 +73,17 @@ VALUE_SETS = {
     "audit-without-webhook": {"mode": "audit", "webhook": {"enabled": False}, "replicas": 1,
                               "podDisruptionBudget": {"enabled": False}},
     "mutating": {"mutate": "true", "targetRegistry": "registry.example.com/mirror"},
+    # deploy/audit: sees kube-system, never blocks.
+    "audit": {"mode": "audit", "excludedNamespaces": [], "webhook": {"failurePolicy": "Ignore"}},
+    "cluster-features-off": {"kubernetesAPI": "off"},
     # pin needs no target.
     "pin-with-cert-manager": {"mutate": "pin", "certManager": {"enabled": True}},
     # mutate as `--set mutate=true` writes it: a boolean.
     "mutating-without-webhook": {"mutate": True, "targetRegistry": "registry.example.com/mirror",
                                  "webhook": {"enabled": False}},
 }
+#: what lets imgrep use the Kubernetes API, and the NetworkPolicy, beside the workload itself
+CLUSTER_ACCESS = {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "NetworkPolicy"}
 CRD_KINDS = {("cert-manager.io/v1", "Issuer"), ("cert-manager.io/v1", "Certificate"),
              ("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
 # The README's minimum, and the newest release kubernetes-validate knows.
@@ -182,6 +190,13 @@ def test_mutating_render_is_the_mutating_kustomize_install(build, kubectl, env):
     assert_renders_the_build_but_the_namespace(build, VALUE_SETS["mutating"], built)
 
 
+def test_audit_render_is_the_audit_kustomize_install(build, kubectl, env):
+    """MODE=audit, failurePolicy Ignore and only the release namespace excluded, as deploy/audit."""
+    built = kustomize(kubectl, REPO / "deploy" / "audit", env)
+    assert env_values(built)["EXCLUDED_NAMESPACES"] == NAMESPACE
+    assert_renders_the_build_but_the_namespace(build, VALUE_SETS["audit"], built)
+
+
 @pytest.mark.parametrize("value_set", VALUE_SETS)
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_every_rendered_object_is_valid_for_kubernetes(objects, value_set, version):
@@ -213,13 +228,27 @@ def _chart_set(objects: list[dict]) -> set[str]:
     return set(env_values(objects)) - set(EVERY_SETTING["env"]) - {e["name"] for e in EVERY_SETTING["extraEnv"]}
 
 
+#: variables imgrep reads that no value sets, each for a reason; env takes every one
+THROUGH_ENV = {
+    "SKIP_TLS",  # the API server calls webhooks over HTTPS only
+    "DOCKER_CONFIG_JSON",  # credentials are the mounted file of credentials.dockerConfigSecretName
+    # the kubelet sets the first two in every pod; a kubeconfig is for running outside a cluster; the
+    # pod's host name and its service account's namespace stand in for POD_NAME and POD_NAMESPACE
+    "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "KUBECONFIG", "POD_NAME", "POD_NAMESPACE",
+}
+#: the cloud registries' variables (README "Cloud registries"): the identities are what EKS, GKE and
+#: AKS inject into the pod under their SDKs' names, and the rest go through env beside them
+CLOUD_PREFIXES = ("AWS_", "AZURE_", "ECR_", "GCE_")
+
+
 def test_every_variable_imgrep_reads_has_a_value_or_goes_through_env(objects, build):
     chart_set = _chart_set(objects("every-setting"))
-    assert _program_variables() - chart_set == {"SKIP_TLS", "DOCKER_CONFIG_JSON"}
-    # DOCKER_CONFIG_JSON belongs in the credentials Secret; env takes it too.
-    rendered = env_values(build({"env": {"SKIP_TLS": False, "DOCKER_CONFIG_JSON": "{}", "REGISTRY_A_URL": "a.example"}}))
-    assert (rendered["SKIP_TLS"], rendered["DOCKER_CONFIG_JSON"], rendered["REGISTRY_A_URL"]) == ("false", "{}",
-                                                                                                  "a.example")
+    cloud = {v for v in _program_variables() if v.startswith(CLOUD_PREFIXES)} | {"REGISTRY_PROVIDERS"}
+    assert _program_variables() - chart_set == THROUGH_ENV | cloud
+    through_env = {variable: f"value-{index}" for index, variable in enumerate(sorted(THROUGH_ENV | cloud))}
+    rendered = env_values(build({"env": {**through_env, "SKIP_TLS": False, "REGISTRY_A_URL": "a.example"}}))
+    assert {variable: rendered[variable] for variable in through_env} == {**through_env, "SKIP_TLS": "false"}
+    assert rendered["REGISTRY_A_URL"] == "a.example"
 
 
 def test_env_never_sets_a_variable_twice(objects):
@@ -256,6 +285,9 @@ def test_the_rendered_environment_configures_imgrep_as_the_values_say(objects):
     assert (config.max_connections, config.copy_concurrency, config.inventory_max) == (512, 8, 50000)
     assert config.inventory_file == "/var/lib/imgrep/inventory.jsonl"
     assert config.registry_ca_file == "/etc/imgrep/registry-ca/bundle.pem"
+    kube = config.kube
+    assert (kube.mode, kube.pull_secrets, kube.pull_secret_cache_seconds) == ("off", False, 60)
+    assert (kube.cluster_inventory_seconds, kube.copy_leases, kube.copy_lease_seconds) == (600, False, 30)
 
 
 def test_files_the_settings_name_are_mounted_from_the_named_objects(objects):
@@ -271,12 +303,13 @@ def test_files_the_settings_name_are_mounted_from_the_named_objects(objects):
     mount, volume = mounted(settings["REGISTRY_CA_FILE"])
     assert volume["configMap"]["name"] == "internal-ca" and mount["readOnly"] is True
     mount, volume = mounted(settings["DOCKER_CONFIG_PATH"])
-    assert volume["secret"] == {"secretName": "mirror-pull", "optional": True, "defaultMode": 0o440}
+    assert volume["secret"] == {"secretName": "mirror-pull", "defaultMode": 0o440} and mount["readOnly"] is True
     mount, volume = mounted(settings["INVENTORY_FILE"])
     assert volume["emptyDir"] == {"sizeLimit": "1Gi"} and not mount.get("readOnly")
     mount, volume = mounted(settings["TLS_CERT_PATH"])
     assert volume["secret"]["secretName"] == f"{APP}-tls"
-    assert container(rendered)["envFrom"] == [{"secretRef": {"name": "mirror-credentials", "optional": True}}]
+    # credentials never travel as environment variables, and nothing else is read from a Secret's keys
+    assert "envFrom" not in container(rendered)
 
 
 def test_pod_values_reach_the_pod_and_labels_never_reach_selectors(objects):
@@ -340,17 +373,26 @@ def test_mutation_is_off_unless_asked_for(build):
 @pytest.mark.parametrize("value_set, mutate", [("mutating", MUTATE_TARGET), ("pin-with-cert-manager", MUTATE_PIN),
                                                ("mutating-without-webhook", MUTATE_TARGET), ("default", MUTATE_OFF)])
 def test_imgrep_starts_with_the_mutation_the_values_ask_for(objects, value_set, mutate):
-    """load_config is what exits 2 at start: the rendered environment passes it."""
-    config = load_config(env_values(objects(value_set)))
+    """load_config is what exits 2 at start: the rendered environment passes it (with the
+    credentials file the pod always mounts)."""
+    config = load_config(env_values(objects(value_set)), read_text=lambda path: '{"auths": {}}')
     assert config.mutate == mutate
 
 
 def test_release_namespace_and_name_reach_every_reference(build):
     rendered = build({"name": "imgrep-staging", "certManager": {"enabled": True}, "mutate": "pin"},
                      namespace="platform")
+    cluster_scoped = ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration", "ClusterRole",
+                      "ClusterRoleBinding")
     for obj in rendered:
-        if obj["kind"] not in ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"):
+        if obj["kind"] not in cluster_scoped:
             assert obj["metadata"]["namespace"] == "platform", obj["kind"]
+    for binding in (o for o in rendered if o["kind"] in ("ClusterRoleBinding", "RoleBinding")):
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "imgrep-staging", "namespace": "platform"}]
+        assert binding["roleRef"]["name"].startswith("imgrep-staging-")
+        assert find(rendered, binding["roleRef"]["kind"], binding["roleRef"]["name"])
+    assert find(rendered, "NetworkPolicy", "imgrep-staging")["spec"]["podSelector"] == {
+        "matchLabels": {"app": "imgrep-staging"}}
     for kind, prefix, path in [("ValidatingWebhookConfiguration", "", "/validate"),
                                ("MutatingWebhookConfiguration", "mutate.", "/mutate")]:
         (hook,) = find(rendered, kind, "imgrep-staging")["webhooks"]
@@ -381,13 +423,47 @@ def test_plain_install_writes_the_given_ca_bundle_and_mounts_the_given_secret(bu
 def test_webhook_can_be_registered_after_the_rollout(objects):
     """webhook.enabled=false first, like scripts/deploy.sh: nothing is judged before imgrep is ready."""
     kinds = {o["kind"] for o in objects("audit-without-webhook")}
-    assert kinds == {"ServiceAccount", "Service", "Deployment"}
+    assert kinds == {"ServiceAccount", "Service", "Deployment"} | CLUSTER_ACCESS
     assert "--set webhook.enabled=true" in notes(VALUE_SETS["audit-without-webhook"])
     # The mutating webhook waits for the same upgrade; imgrep already runs with MUTATE.
     kinds = {o["kind"] for o in objects("mutating-without-webhook")}
-    assert kinds == {"ServiceAccount", "Service", "Deployment", "PodDisruptionBudget"}
+    assert kinds == {"ServiceAccount", "Service", "Deployment", "PodDisruptionBudget"} | CLUSTER_ACCESS
     assert env_values(objects("mutating-without-webhook"))["MUTATE"] == "true"
     assert "register it and the mutating one" in notes(VALUE_SETS["mutating-without-webhook"])
+
+
+def rbac_rules(objects: list[dict]) -> set[tuple[str, str, str]]:
+    """(verb, group, resource) of every rendered Role and ClusterRole."""
+    return {(verb, group, resource) for o in objects if o["kind"] in ("Role", "ClusterRole") for rule in o["rules"]
+            for verb in rule["verbs"] for group in rule["apiGroups"] for resource in rule["resources"]}
+
+
+def test_without_the_kubernetes_api_the_pod_has_no_token_and_no_rights(objects):
+    rendered = objects("cluster-features-off")
+    assert pod_spec(rendered)["automountServiceAccountToken"] is False
+    assert env_values(rendered)["KUBERNETES_API"] == "off"
+    assert {o["kind"] for o in rendered} & CLUSTER_ACCESS == {"NetworkPolicy"}
+    assert pod_spec(objects("default"))["automountServiceAccountToken"] is True
+
+
+@pytest.mark.parametrize("values, revoked", [
+    ({"pullSecrets": {"enabled": False}}, {("get", "", "secrets"), ("get", "", "serviceaccounts")}),
+    ({"clusterInventory": {"intervalSeconds": 0}}, {("list", "", "pods")}),
+    ({"copyLeases": {"enabled": False}}, {(verb, "coordination.k8s.io", "leases")
+                                          for verb in ("get", "create", "update", "delete")}),
+])
+def test_a_cluster_feature_turned_off_takes_its_rights_with_it(build, objects, values, revoked):
+    everything = rbac_rules(objects("default"))
+    assert revoked <= everything
+    assert rbac_rules(build(values)) == everything - revoked
+    assert not rbac_rules(build({"rbac": {"create": False}}))
+
+
+def test_network_policy_takes_more_egress_and_can_be_left_out(build, objects):
+    rule = {"to": [{"ipBlock": {"cidr": "169.254.169.254/32"}}], "ports": [{"port": 80, "protocol": "TCP"}]}
+    policy = find(build({"networkPolicy": {"extraEgress": [rule]}}), "NetworkPolicy", APP)["spec"]
+    assert policy["egress"] == [*find(objects("default"), "NetworkPolicy", APP)["spec"]["egress"], rule]
+    assert not [o for o in build({"networkPolicy": {"enabled": False}}) if o["kind"] == "NetworkPolicy"]
 
 
 def test_service_monitor_scrapes_the_health_port_of_the_service(objects):
@@ -431,6 +507,10 @@ BAD_VALUES = [
     ({"tls": {"caBundle": "-----BEGIN CERTIFICATE-----"}}, "at '/tls/caBundle'"),
     ({"replica": 3}, "additional properties 'replica' not allowed"),
     ({"mutate": "yes"}, "at '/mutate': value must be one of false, true, 'false', 'true', 'pin'"),
+    ({"kubernetesAPI": "on"}, "at '/kubernetesAPI': value must be one of 'auto', 'off'"),
+    ({"clusterInventory": {"intervalSeconds": 5}}, "at '/clusterInventory/intervalSeconds'"),
+    ({"copyLeases": {"durationSeconds": 1}}, "at '/copyLeases/durationSeconds'"),
+    ({"credentials": {"secretName": "registry-credentials"}}, "additional properties 'secretName' not allowed"),
 ]
 
 
@@ -489,6 +569,8 @@ def test_notes_say_how_to_check_the_install():
     assert f"kubectl -n {NAMESPACE} rollout status deployment/{APP}" in plain
     assert "kubectl run imgrep-denied --image=nginx-that-does-not-exist:v999 --dry-run=server" in plain
     assert "denied: not found" in plain
+    # the pods wait for the credentials Secret they mount: the notes say how to make an empty one
+    assert f"-n {NAMESPACE} create secret generic registry-dockerconfig --type=kubernetes.io/dockerconfigjson" in plain
     # Without cert-manager and a CA the API server cannot reach imgrep: the notes say what is missing.
     assert "tls.caBundle is empty" in plain and f"create secret tls {APP}-tls" in plain
     managed = notes({"certManager": {"enabled": True}})

@@ -5,12 +5,12 @@ official Kubernetes schemas, and against what the server really does."""
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 
+from imgrep import cluster_inventory, copy_leases, replica_inventory, tenant_credentials
 from tests.deploy.kube import REPO, find, kustomize, yaml_to_objects
-from tests.helpers.binaries import require_module
+from tests.helpers.kubeapi import validate
 
 NAMESPACE = "image-replicator"
 APP = "image-replicator"
@@ -31,8 +31,6 @@ KNOWN_SETTINGS = {
     "ALLOWED_REGISTRIES", "INVENTORY_MAX", "INVENTORY_FILE", "DEBUG", "LOG_FORMAT",
     "SHUTDOWN_DELAY_SECONDS", "MAX_CONNECTIONS", "COPY_CONCURRENCY", "MUTATE",
 }
-#: the Kubernetes version whose schemas the manifests must pass, unknown fields refused
-KUBERNETES_VERSION = "1.29.0"
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +46,15 @@ def with_cert_manager(kubectl, env) -> list[dict]:
 @pytest.fixture(scope="module")
 def mutating(kubectl, env) -> list[dict]:
     return kustomize(kubectl, REPO / "deploy" / "mutating", env)
+
+
+@pytest.fixture(scope="module")
+def audit(kubectl, env) -> list[dict]:
+    return kustomize(kubectl, REPO / "deploy" / "audit", env)
+
+
+#: every kustomization a cluster may be given
+VARIANTS = ["plain", "with_cert_manager", "mutating", "audit"]
 
 
 @pytest.fixture(params=["plain", "with_cert_manager", "mutating"])
@@ -76,7 +83,8 @@ def webhook(objects: list[dict]) -> dict:
 
 
 def test_every_namespaced_object_is_in_the_imgrep_namespace(built):
-    cluster_scoped = {"Namespace", "ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"}
+    cluster_scoped = {"Namespace", "ValidatingWebhookConfiguration", "MutatingWebhookConfiguration", "ClusterRole",
+                      "ClusterRoleBinding"}
     assert find(built, "Namespace", NAMESPACE)
     for obj in built:
         if obj["kind"] not in cluster_scoped:
@@ -107,7 +115,8 @@ def test_pod_is_locked_down(built):
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] != 0
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert pod["automountServiceAccountToken"] is False
+    # imgrep's own pod gets the token (pull secrets); other pods naming the account do not
+    assert pod["automountServiceAccountToken"] is True
     assert find(built, "ServiceAccount", pod["serviceAccountName"])["automountServiceAccountToken"] is False
     context = container(built)["securityContext"]
     assert context["readOnlyRootFilesystem"] is True
@@ -145,9 +154,15 @@ def test_tls_secret_is_mounted_where_the_server_reads_it(built):
     assert (settings["TLS_CERT_PATH"], settings["TLS_KEY_PATH"]) == ("/certs/tls.crt", "/certs/tls.key")
 
 
-def test_credentials_come_from_an_optional_secret(built):
-    (source,) = container(built)["envFrom"]
-    assert source["secretRef"] == {"name": "registry-credentials", "optional": True}
+def test_registry_credentials_are_a_mounted_file_never_environment_variables(built):
+    assert "envFrom" not in container(built)
+    assert not [e for e in container(built)["env"] if "valueFrom" in e]
+    pod = find(built, "Deployment", APP)["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == "registry-dockerconfig"]
+    assert "optional" not in volume["secret"]  # the install scripts create it empty when it is missing
+    (mount,) = [m for m in container(built)["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount["readOnly"] is True
+    assert env_values(built)["DOCKER_CONFIG_PATH"] == f"{mount['mountPath']}/.dockerconfigjson"
 
 
 def test_only_the_inventory_directory_is_writable(built):
@@ -253,29 +268,14 @@ def test_cert_manager_injects_the_ca_of_the_serving_certificate(with_cert_manage
     assert name == "image-replicator-cert"
 
 
-def test_example_credentials_secret_shows_both_formats(kubectl, env):
-    path = REPO / "deploy" / "secret-credentials.yaml"
-    text = path.read_text()
-    (secret,) = yaml_to_objects(kubectl, text, env)
-    assert (secret["kind"], secret["metadata"]["name"]) == ("Secret", "registry-credentials")
-    assert secret["metadata"]["namespace"] == NAMESPACE
-    data = secret["stringData"]
-    auths = json.loads(data["DOCKER_CONFIG_JSON"])["auths"]
+def test_example_credentials_secret_is_the_mounted_dockerconfigjson(kubectl, env, plain):
+    (secret,) = yaml_to_objects(kubectl, (REPO / "deploy" / "secret-credentials.yaml").read_text(), env)
+    assert (secret["kind"], secret["type"]) == ("Secret", "kubernetes.io/dockerconfigjson")
+    assert (secret["metadata"]["name"], secret["metadata"]["namespace"]) == ("registry-dockerconfig", NAMESPACE)
+    auths = json.loads(secret["stringData"][".dockerconfigjson"])["auths"]
     assert auths and all({"username", "password"} <= set(entry) for entry in auths.values())
-    names = {m.group(1) for key in data if (m := re.fullmatch(r"REGISTRY_(\w+)_URL", key))}
-    assert names and all({f"REGISTRY_{n}_USERNAME", f"REGISTRY_{n}_PASSWORD"} <= set(data) for n in names)
-    assert set(data) <= KNOWN_SETTINGS | {k for k in data if k.startswith("REGISTRY_")}
-    # The dockerconfigjson alternative is commented out: its Secret is named where it is mounted.
-    assert "type: kubernetes.io/dockerconfigjson" in text and "name: registry-dockerconfig" in text
-    assert "DOCKER_CONFIG_PATH: /etc/imgrep/docker/.dockerconfigjson" in text
-
-
-def test_dockerconfigjson_secret_is_mounted_where_the_example_points(plain):
     pod = find(plain, "Deployment", APP)["spec"]["template"]["spec"]
-    (volume,) = [v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == "registry-dockerconfig"]
-    assert volume["secret"]["optional"] is True
-    (mount,) = [m for m in container(plain)["volumeMounts"] if m["name"] == volume["name"]]
-    assert mount["mountPath"] == "/etc/imgrep/docker"
+    assert secret["metadata"]["name"] in {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
 
 
 def test_dockerfile_builds_with_the_runtime_python_and_runs_the_zipapp_as_non_root(plain):
@@ -295,15 +295,82 @@ def test_dockerfile_builds_with_the_runtime_python_and_runs_the_zipapp_as_non_ro
     assert user.isdigit() and int(user) == pod["securityContext"]["runAsUser"] != 0
 
 
-def test_every_object_passes_the_official_schema_with_unknown_fields_refused(built):
-    kubernetes_validate = require_module("kubernetes_validate", "kubernetes-validate")
-    checked = set()
-    for obj in built:
+# --- every variant against the official schemas ------------------------------------------
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_object_passes_the_official_schema_with_unknown_fields_refused(request, variant):
+    """Strict: an unknown or misplaced field fails. cert-manager's kinds are CRDs with no schema there."""
+    objects = request.getfixturevalue(variant)
+    unchecked, checked = [], set()
+    for obj in objects:
         if obj["apiVersion"].startswith("cert-manager.io/"):
-            continue  # a custom resource: the official schemas do not know it
-        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+            unchecked.append(obj["kind"])
+            continue
+        validate(obj)
         checked.add(obj["kind"])
-    assert {"Deployment", "Service", "ValidatingWebhookConfiguration"} <= checked
+    assert {"Deployment", "Service", "ValidatingWebhookConfiguration", "NetworkPolicy", "ClusterRole"} <= checked
+    assert set(unchecked) <= {"Issuer", "Certificate"}
+    assert bool(unchecked) == (variant == "with_cert_manager")
+
+
+# --- what imgrep may do with the API -----------------------------------------------------
+
+
+def rules_of(objects: list[dict]) -> set[tuple[str, str, str]]:
+    """(verb, group, resource) granted to imgrep's service account through any binding."""
+    roles = {(o["kind"], o["metadata"]["name"]): o for o in objects if o["kind"] in ("Role", "ClusterRole")}
+    granted = set()
+    for binding in (o for o in objects if o["kind"] in ("RoleBinding", "ClusterRoleBinding")):
+        if binding["kind"] == "RoleBinding":  # a Role grants in imgrep's own namespace only
+            assert binding["metadata"]["namespace"] == NAMESPACE and binding["roleRef"]["kind"] == "Role"
+        assert {"kind": "ServiceAccount", "name": APP, "namespace": NAMESPACE} in binding["subjects"]
+        role = roles[(binding["roleRef"]["kind"], binding["roleRef"]["name"])]
+        if role["kind"] == "ClusterRole":  # only the cluster-wide reads; writes stay in imgrep's namespace
+            assert all(set(rule["verbs"]) <= {"get", "list"} for rule in role["rules"])
+        for rule in role["rules"]:
+            assert "resourceNames" not in rule and "nonResourceURLs" not in rule
+            granted |= {(verb, group, resource) for verb in rule["verbs"] for group in rule["apiGroups"]
+                        for resource in rule["resources"]}
+    return granted
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_rbac_grants_exactly_what_the_cluster_features_use(request, variant):
+    """No wildcard, no list or watch of Secrets: what each feature declares it needs, no more (the
+    features' integration tests hold each to its declaration)."""
+    granted = rules_of(request.getfixturevalue(variant))
+    assert granted == (tenant_credentials.PERMISSIONS | cluster_inventory.PERMISSIONS | copy_leases.PERMISSIONS
+                       | replica_inventory.PERMISSIONS)
+    assert not any("*" in part for rule in granted for part in rule)
+
+
+def test_network_policy_lets_the_api_server_in_and_keeps_metadata_services_out(built):
+    policy = find(built, "NetworkPolicy", APP)["spec"]
+    assert policy["podSelector"] == {"matchLabels": {"app": APP}}
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
+    webhook_rule, health_rule = policy["ingress"]
+    assert "from" not in webhook_rule and [p["port"] for p in webhook_rule["ports"]] == ["webhook"]
+    assert health_rule["from"] == [{"namespaceSelector": {}}] and [p["port"] for p in health_rule["ports"]] == ["health"]
+    blocks = {peer["ipBlock"]["cidr"]: set(peer["ipBlock"]["except"]) for peer in policy["egress"][0]["to"]}
+    assert blocks == {"0.0.0.0/0": {"169.254.0.0/16"}, "::/0": {"fe80::/10", "fd00:ec2::254/128"}}
+
+
+# --- the development-cluster variant -----------------------------------------------------
+
+
+def test_audit_variant_sees_kube_system_and_never_blocks(audit, plain):
+    settings = env_values(audit)
+    assert settings["MODE"] == "audit"
+    hook = webhook(audit)
+    assert hook["failurePolicy"] == "Ignore"
+    (namespaces,) = hook["namespaceSelector"]["matchExpressions"]
+    # only imgrep's own namespace, so that it can always restart itself; kube-system's images are seen
+    assert namespaces["values"] == [NAMESPACE]
+    assert settings["EXCLUDED_NAMESPACES"].split(",") == namespaces["values"]
+    assert webhook(plain)["failurePolicy"] == "Fail" and env_values(plain)["MODE"] == "enforce"
+    unchanged = {k: v for k, v in settings.items() if k not in ("MODE", "EXCLUDED_NAMESPACES")}
+    assert unchanged == {k: v for k, v in env_values(plain).items() if k not in ("MODE", "EXCLUDED_NAMESPACES")}
 
 
 # --- the mutating variant ------------------------------------------------------------------------

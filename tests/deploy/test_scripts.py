@@ -291,3 +291,20 @@ def test_cert_manager_dry_run_prints_the_cert_manager_install_with_the_image(kub
     (container,) = find(objects, "Deployment", "image-replicator")["spec"]["template"]["spec"]["containers"]
     assert container["image"] == "registry.example.com/imgrep@sha256:" + "a" * 64
     assert not [o for o in objects if o["kind"] == "Secret"]
+
+
+def test_deploy_dry_run_with_audit_prints_the_development_cluster_variant(kubectl, tmp_path, env):
+    objects = yaml_to_objects(kubectl, dry_run("deploy.sh", env, "--audit", "--cert-dir", str(tmp_path / "c")), env)
+    (hook,) = find(objects, "ValidatingWebhookConfiguration", "image-replicator")["webhooks"]
+    assert hook["failurePolicy"] == "Ignore" and "caBundle" in hook["clientConfig"]
+    (container,) = find(objects, "Deployment", "image-replicator")["spec"]["template"]["spec"]["containers"]
+    assert {"name": "MODE", "value": "audit"} in container["env"]
+    assert find(objects, "Secret", "image-replicator-tls")["type"] == "kubernetes.io/tls"
+
+
+def test_deploy_refuses_audit_and_mutating_together_before_making_anything(tmp_path, env):
+    """Two kustomizations of deploy/base of their own: one install is one of them."""
+    done = subprocess.run([str(SCRIPTS / "deploy.sh"), "--dry-run", "--audit", "--mutating",
+                           "--cert-dir", str(tmp_path / "c")], capture_output=True, text=True, env=env, timeout=30)
+    assert done.returncode == 1 and "--audit and --mutating are separate installs" in done.stderr
+    assert not (tmp_path / "c").exists()

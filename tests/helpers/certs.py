@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_DNS_NAMES",
     "CertPaths",
     "issue_cert",
+    "issue_client_cert",
     "make_ca_and_cert",
     "make_self_signed",
     "run_openssl",
@@ -90,6 +91,8 @@ def issue_cert(
     *,
     dns_names: tuple[str, ...] = DEFAULT_DNS_NAMES,
     ip_addresses: tuple[str, ...] = ("127.0.0.1",),
+    common_name: str = "",
+    extended_key_usage: str = "serverAuth",
 ) -> CertPaths:
     """Another server leaf (NAME.crt / NAME.key) from the CA that make_ca_and_cert left in ``directory``.
 
@@ -103,12 +106,12 @@ def issue_cert(
     extensions.write_text(
         "basicConstraints=critical,CA:FALSE\n"
         "keyUsage=critical,digitalSignature\n"
-        "extendedKeyUsage=serverAuth\n"
+        f"extendedKeyUsage={extended_key_usage}\n"
         "subjectKeyIdentifier=hash\n"
         "authorityKeyIdentifier=keyid,issuer\n"
         + (f"subjectAltName={','.join(alt_names)}\n" if alt_names else "")
     )
-    common_name = dns_names[0] if dns_names else "imgrep test server"
+    common_name = common_name or (dns_names[0] if dns_names else "imgrep test server")
     run_openssl("req", "-new", *_EC_KEY, "-nodes", "-keyout", key, "-out", csr, "-subj", f"/CN={common_name}")
     run_openssl(
         "x509", "-req", "-in", csr, "-CA", directory / "ca.crt", "-CAkey", directory / "ca.key",
@@ -118,3 +121,10 @@ def issue_cert(
     csr.unlink()
     extensions.unlink()
     return CertPaths(ca_cert=directory / "ca.crt", cert=cert, key=key)
+
+
+def issue_client_cert(directory: Path, name: str, *, common_name: str) -> CertPaths:
+    """A client leaf (NAME.crt / NAME.key) from the CA in ``directory``: the Kubernetes API server
+    takes its CN as the user name, as it does for kubeconfig client certificates."""
+    return issue_cert(directory, name, dns_names=(), ip_addresses=(), common_name=common_name,
+                      extended_key_usage="clientAuth")

@@ -29,7 +29,7 @@ from imgrep.errors import (DigestMismatch, ForbiddenRegistry, ManifestNotFound, 
 from imgrep.registry import RegistryClient, Repo
 from imgrep.transport import Transport
 from tests.helpers.certs import make_ca_and_cert
-from tests.helpers.clock import FakeClock
+from tests.helpers.clock import MovableClock
 from tests.helpers.faultproxy import FaultProxy
 from tests.helpers.images import Image, Index, make_image, make_index, push_image
 from tests.helpers.peer import DROP, Reply, ScriptedPeer, Seen, forward
@@ -274,15 +274,14 @@ def test_one_token_request_per_repository_scope(registry_token: RegistryServer, 
 
 
 def test_expired_token_is_fetched_again_before_it_is_used(connect) -> None:
-    # the client's clock is fake, so "within the lifetime" holds however long the lookups take;
-    # it starts at the real clock's reading because the transport keeps request deadlines in
-    # real time, and only moves ahead of it: a deadline on it is never already past in real time
+    # the client's clock is real time moved forward by the test: the transport under it keeps its
+    # deadlines in time.monotonic(), so a clock of its own would put them in the past or far ahead
     lifetime = 60
-    clock = FakeClock(start=time.monotonic())
+    clock = MovableClock()
     with TokenServer(expires_in=lifetime) as tokens, RegistryServer(auth="token", token_server=tokens) as registry:
         image = make_image(seed="client-expiry")
         repository = pushed(registry, image)
-        under_test = client_for(connect, registry, clock=clock)
+        under_test = client_for(connect, registry, clock=clock.monotonic)
         before = len(tokens.requests)
 
         under_test.resolve(registry.host, repository, "v1")

@@ -17,13 +17,14 @@ PACKAGE = Path(__file__).resolve().parents[2] / "imgrep"
 PURE_CORE = frozenset({
     "errors", "reference", "digest", "manifest", "protocol", "auth", "admission", "policy", "results",
     "cache", "retry", "metrics", "config", "credentials", "netpolicy", "inventory", "mutation",
-    "cloud", "lease", "sigv4", "aws", "gcp", "azure", "sync",
+    "cloud", "lease", "sigv4", "aws", "gcp", "azure",
+    "miniyaml", "kube_config", "kube_api", "pullsecrets", "running", "kube_lease", "sync",
 })
 #: the I/O edge, named so that a violation message says what was reached for
 EDGE = frozenset({
     "transport", "registry", "server", "cli", "webhook", "checker", "telemetry", "procstats",
     "replicator", "copier", "logs", "inventory_store", "bulkhead", "mutator", "providers", "credsource",
-    "sync_runner",
+    "kube_client", "tenant_credentials", "cluster_inventory", "copy_leases", "replica_inventory", "sync_runner",
 })
 FORBIDDEN_STDLIB = frozenset({"http.client", "http.server", "socket", "ssl", "urllib.request", "subprocess"})
 

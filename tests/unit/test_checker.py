@@ -291,3 +291,32 @@ def test_a_bug_in_a_lookup_becomes_that_image_s_error_not_an_exception():
     finally:
         checker.close()
     assert result.status == "error" and "internal error: ValueError: unexpected header" in result.detail
+
+
+def test_a_result_obtained_through_a_route_is_cached_in_its_scope_only(make_checker):
+    """A tenant's pull secret found the image; an admission without that secret asks again, with its own
+    credentials, and is not answered from the tenant's result."""
+    private = "registry.corp/team-a/app:v3"
+    tenant = FakeRegistry({"registry.corp/team-a/app:v3": TAG_DIGEST})
+    own = FakeRegistry()  # imgrep's own credentials: the registry says the image is not there for them
+    checker = make_checker(own)
+    route = lambda reference: ("pull-secret:team-a/pull@u1:7", tenant)  # noqa: E731
+
+    [with_secret] = checker.check_all([private], time.monotonic() + 5, route)
+    [again] = checker.check_all([private], time.monotonic() + 5, route)
+    [without] = checker.check_all([private], time.monotonic() + 5)
+    [other_secret] = checker.check_all([private], time.monotonic() + 5,
+                                       lambda reference: ("pull-secret:team-b/pull@u2:9", own))
+
+    assert (with_secret.status, again.status, again.cached) == (EXISTS, EXISTS, True)
+    assert len(tenant.calls) == 1
+    assert without.status == MISSING and other_secret.status == MISSING
+    assert len(own.calls) == 2  # each scope asked for itself
+
+
+def test_a_route_that_declines_leaves_the_image_to_imgreps_own_credentials(make_checker):
+    own = FakeRegistry(NGINX)
+    checker = make_checker(own)
+    [result] = checker.check_all(["nginx"], time.monotonic() + 5, lambda reference: None)
+    [cached] = checker.check_all(["nginx"], time.monotonic() + 5)
+    assert result.status == EXISTS and cached.cached

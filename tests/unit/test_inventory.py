@@ -53,6 +53,7 @@ def test_a_first_sighting_records_the_reference_normalised_and_unchecked():
         "image": "nginx:1.27", "registry": "docker.io", "repository": "library/nginx", "tag": "1.27",
         "digest": "", "status": "unchecked", "first_seen": "2026-01-01T00:00:00.000Z",
         "last_seen": "2026-01-01T00:00:00.000Z", "count": 1, "namespaces": ["shop"], "kinds": ["Deployment"],
+        "running": 0, "running_digests": [],
     }
 
 
@@ -300,6 +301,7 @@ def test_json_is_the_spec_object_list(mixed):
         "image": "nginx:1.27", "registry": "docker.io", "repository": "library/nginx", "tag": "1.27",
         "digest": DIGEST, "status": "exists", "first_seen": "2026-01-01T00:00:00.000Z",
         "last_seen": "2026-01-01T00:00:00.000Z", "count": 1, "namespaces": ["shop"], "kinds": ["Deployment"],
+        "running": 0, "running_digests": [],
     }
 
 
@@ -314,7 +316,8 @@ def test_csv_has_a_header_row_and_one_row_per_image(mixed):
 
     assert rows[0] == list(FIELDS)
     assert rows[1] == ["nginx:1.27", "docker.io", "library/nginx", "1.27", DIGEST, "exists",
-                       "2026-01-01T00:00:00.000Z", "2026-01-01T00:00:30.000Z", "2", "blog shop", "Deployment Pod"]
+                       "2026-01-01T00:00:00.000Z", "2026-01-01T00:00:30.000Z", "2", "blog shop", "Deployment Pod",
+                       "0", ""]
     assert len(rows) == 4
 
 
@@ -349,7 +352,7 @@ def garbled_lines() -> list[str]:
         json.dumps(good)[:-7],  # torn mid-write
         "", "null", "[]", "{", "\x00\x00\x00",
         json.dumps(without_count),
-        variant(status="gone"), variant(count=0), variant(count=True), variant(count="2"),
+        variant(status="gone"), variant(count=-1), variant(count=True), variant(running=-1), variant(count="2"),
         variant(first_seen="2026-01-01T00:00:00"),  # no time zone
         variant(last_seen="yesterday"), variant(namespaces="ns"), variant(kinds=[1]), variant(image=""),
         variant(digest=None),

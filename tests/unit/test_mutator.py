@@ -29,7 +29,7 @@ class FakeWebhook:
         self.calls: list[tuple[list[str], bool]] = []
         self.replicator = Replicator(copier=None, client=None, target=TARGET, include_registry=False, timeout=60)
 
-    def look_up(self, images, deadline, *, replicate):
+    def look_up(self, images, deadline, *, replicate, request=None):
         self.calls.append((list(images), replicate))
         if self.fail:
             raise self.fail

@@ -74,6 +74,34 @@ objectSelector:
       values: ["true"]
 {{- end }}
 
+{{/* "true" when imgrep may use the Kubernetes API (its pod gets a token), empty with kubernetesAPI=off. */}}
+{{- define "imgrep.kubernetesAPI" -}}
+{{- if ne .Values.kubernetesAPI "off" -}}
+true
+{{- end -}}
+{{- end }}
+
+{{/* A binding of imgrep's service account; called with (dict "root" $ "kind" "Role" "role" NAME). */}}
+{{- define "imgrep.binding" -}}
+apiVersion: rbac.authorization.k8s.io/v1
+kind: {{ .kind }}Binding
+metadata:
+  name: {{ .role }}
+  {{- if eq .kind "Role" }}
+  namespace: {{ .root.Release.Namespace }}
+  {{- end }}
+  labels:
+    {{- include "imgrep.labels" .root | nindent 4 }}
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: {{ .kind }}
+  name: {{ .role }}
+subjects:
+  - kind: ServiceAccount
+    name: {{ include "imgrep.name" .root }}
+    namespace: {{ .root.Release.Namespace }}
+{{- end }}
+
 {{- define "imgrep.tlsSecretName" -}}
 {{- .Values.tls.secretName | default (printf "%s-tls" (include "imgrep.name" .)) -}}
 {{- end }}
@@ -136,7 +164,7 @@ imgrep's variables the chart sets itself, each with the value that sets it
   "CACHE_TTL_SECONDS" "cacheTTLSeconds"
   "INSECURE_REGISTRIES" "insecureRegistries"
   "REGISTRY_CA_FILE" "registryCA.configMap"
-  "DOCKER_CONFIG_PATH" "credentials.useDockerConfigSecret"
+  "DOCKER_CONFIG_PATH" "credentials.dockerConfigSecretName (mounted at /etc/imgrep/docker)"
   "REQUIRE_CREDENTIALS" "requireCredentials"
   "ALLOWED_REGISTRIES" "allowedRegistries"
   "INVENTORY_MAX" "inventory.max"
@@ -144,5 +172,11 @@ imgrep's variables the chart sets itself, each with the value that sets it
   "DEBUG" "debug"
   "MAX_CONNECTIONS" "maxConnections"
   "COPY_CONCURRENCY" "copyConcurrency"
+  "KUBERNETES_API" "kubernetesAPI"
+  "PULL_SECRETS" "pullSecrets.enabled"
+  "PULL_SECRET_CACHE_SECONDS" "pullSecrets.cacheSeconds"
+  "CLUSTER_INVENTORY_SECONDS" "clusterInventory.intervalSeconds"
+  "COPY_LEASES" "copyLeases.enabled"
+  "COPY_LEASE_SECONDS" "copyLeases.durationSeconds"
 ) -}}
 {{- end }}
