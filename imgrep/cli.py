@@ -42,7 +42,7 @@ from .reference import Reference, parse_reference
 from .registry import RegistryClient, Repo
 from .replicator import Replicator
 from .server import QUERY, App, CertificateReloader, HttpServer, Lifecycle
-from .sync_runner import DEFAULT_JOBS, MAX_JOBS, read_input, run_sync
+from .sync_runner import DEFAULT_JOBS, MAX_JOBS, run_sync, sync_inputs
 from .telemetry import Telemetry
 from .tenant_credentials import PullSecretSource
 from .transport import Transport
@@ -75,10 +75,12 @@ def _parser() -> argparse.ArgumentParser:
     copy.add_argument("source", metavar="SOURCE")
     copy.add_argument("target", metavar="TARGET", help="without a tag, the source's tag (or digest) is used")
     copy.add_argument("--progress", action="store_true", help="show bytes copied on stderr")
-    sync = commands.add_parser("sync", help="replicate many images to TARGET_REGISTRY (a list, or kubectl JSON); "
-                                            "exit 0 all in the target, 1 any missing, 2 any failed")
+    sync = commands.add_parser("sync", help="replicate many images to TARGET_REGISTRY (a list, kubectl JSON or the "
+                                            "running cluster); exit 0 all in the target, 1 any missing, 2 any failed")
     sync.add_argument("input", nargs="?", metavar="FILE|-",
                       help="one reference per line (# comments), or `kubectl get pods -A -o json` output; - is stdin")
+    sync.add_argument("--from-cluster", action="store_true",
+                      help="also every image of every pod in the cluster (KUBECONFIG or ~/.kube/config, or in-cluster)")
     sync.add_argument("--jobs", type=_jobs, default=DEFAULT_JOBS,
                       help=f"images copied at once, 1 to {MAX_JOBS} (default: %(default)s)")
     sync.add_argument("--dry-run", action="store_true",
@@ -465,10 +467,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "copy":
             return run_copy(runtime, args.source, args.target, args.progress)
         if args.command == "sync":
-            if args.input is None:
-                print("imgrep: sync needs a FILE, or - for standard input", file=sys.stderr)
-                return 2
-            return run_sync(runtime.config, runtime.copier, runtime.client, read_input(args.input, sys.stdin),
+            return run_sync(runtime.config, runtime.copier, runtime.client,
+                            sync_inputs(runtime.config, args.input, args.from_cluster, sys.stdin),
                             jobs=args.jobs, dry_run=args.dry_run)
         return run_serve(runtime)
     except ConfigError as exc:

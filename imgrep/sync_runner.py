@@ -26,15 +26,18 @@ from typing import Callable, Iterator, TextIO
 
 from .config import Config, TargetRegistry
 from .copier import Copier, Progress
-from .errors import ImgrepError, ManifestNotFound, RegistryError
+from .errors import ConfigError, ImgrepError, ManifestNotFound, RegistryError
+from .kube_api import PODS
+from .kube_client import KubeClient, connect
 from .reference import Reference
 from .registry import RegistryClient, Repo
 from .replicator import target_repository
 from .sync import (COPY, FAILED, MISSING, PRESENT, TAG_ONLY, COPIED, MAX_INPUT_BYTES, BadInput, Meter, Outcome,
-                   Planned, Snapshot, Wanted, exit_code, parse_input, render_done_line, render_plan, render_status,
-                   render_summary, target_collisions, unique_images)
+                   Planned, Snapshot, Wanted, exit_code, images_of_objects, parse_input, render_done_line, render_plan,
+                   render_status, render_summary, target_collisions, unique_images)
 
-__all__ = ["Syncer", "SyncRun", "Display", "MAX_JOBS", "DEFAULT_JOBS", "terminal_width", "read_input", "run_sync"]
+__all__ = ["Syncer", "SyncRun", "Display", "MAX_JOBS", "DEFAULT_JOBS", "terminal_width", "read_input", "sync_inputs",
+           "cluster_images", "run_sync"]
 
 #: images copied at once (``--jobs``): by default as many as a source registry's blob streams,
 #: so one image's manifest walk overlaps the others' blobs; at most MAX_JOBS
@@ -42,6 +45,10 @@ DEFAULT_JOBS = 4
 MAX_JOBS = 64
 #: exit code of an interrupted run (128 + SIGINT), as shells report it
 INTERRUPTED = 130
+#: ``--from-cluster``: one listing of every namespace's pods may take this long, every page included
+LIST_TIMEOUT = 120.0
+#: pods per page: the API's usual ceiling, a few MiB of JSON
+PAGE_SIZE = 500
 #: seconds between redraws of the status line on a terminal
 TERMINAL_REFRESH = 0.2
 #: seconds between status lines when the output is not a terminal (a CI log)
@@ -294,6 +301,27 @@ def read_input(name: str, stdin: TextIO) -> list[Wanted]:
         return parse_input(text)
     except BadInput as exc:
         raise BadInput(f"{'standard input' if name == '-' else name}: {exc}") from None
+
+
+def cluster_images(kube: KubeClient, clock: Callable[[], float] = time.monotonic) -> list[Wanted]:
+    """The images of every pod in every namespace, whatever its phase: init, regular and
+    ephemeral containers, as the pod specs name them (paged; one deadline for the listing)."""
+    listing = kube.list(PODS, limit=PAGE_SIZE, deadline=clock() + LIST_TIMEOUT)
+    return images_of_objects({"kind": "PodList", "items": list(listing.items)})
+
+
+def sync_inputs(config: Config, name: str | None, from_cluster: bool, stdin: TextIO) -> list[Wanted]:
+    """The images of FILE (or ``-``) and, with ``from_cluster``, of the running cluster: the API
+    as ``KUBECONFIG``, in-cluster access or ``~/.kube/config`` reach it, as for ``inventory --replicas``."""
+    if name is None and not from_cluster:
+        raise BadInput("sync needs a FILE, - for standard input, or --from-cluster")
+    wanted = read_input(name, stdin) if name is not None else []
+    if from_cluster:
+        connection = connect(config.kube, allow_default_kubeconfig=True)
+        if connection.client is None:
+            raise ConfigError("KUBECONFIG", f"--from-cluster needs the Kubernetes API: {connection.description}")
+        wanted += cluster_images(connection.client)
+    return wanted
 
 
 def run_sync(config: Config, copier: Copier, client: RegistryClient, wanted: list[Wanted], *, jobs: int,

@@ -1,4 +1,4 @@
-"""``imgrep.pyz sync``: many images into a token-auth target, from a list, stdin or kubectl JSON.
+"""``imgrep.pyz sync``: many images into a token-auth target, from a list, stdin, kubectl JSON or the cluster.
 
 Twenty images of mixed kinds come from two registries: OCI indexes, Docker manifest
 lists, Docker schema 2 and OCI images, one pinned by digest, two private ones behind
@@ -33,7 +33,9 @@ from imgrep.sync import format_bytes
 from tests.helpers.clock import wait_until
 from tests.helpers.faultproxy import Fault, FaultProxy
 from tests.helpers.images import holds_manifest, make_image, make_index, push_blob, push_image
-from tests.helpers.skopeo import inspect_raw
+from tests.helpers.kubeapi import FakeKubeAPI
+from tests.helpers.kubeobjects import running_pod, write_kubeconfig_json
+from tests.helpers.skopeo import copy_all, inspect_raw
 
 #: seconds one sync process may take here, on a slow machine
 RUN_TIMEOUT = 120
@@ -41,6 +43,10 @@ RUN_TIMEOUT = 120
 #: a layer takes about a second, so a run lasts seconds, is caught midway and redraws its display
 SLOW_RATE = 200_000
 SLOW_LAYER = 200_000
+#: pods in the fake cluster: more than the 500 of one page
+PODS = 520
+#: what the nodes pulled, as containerStatuses say (sync copies what the specs name)
+DIGEST = "sha256:" + "d" * 64
 
 
 @dataclass(frozen=True)
@@ -148,6 +154,12 @@ def target_digest(registry_token, reference: str, prefix: str) -> str:
                               creds=registry_token.credentials))
 
 
+def push_present(registry_token, catalogue: Catalogue, prefix: str) -> None:
+    """Copy the 'present' image into the target first, with skopeo, as an earlier mirror run would."""
+    repository, tag = target_path(catalogue.present, prefix)
+    copy_all(catalogue.present, f"{registry_token.host}/{repository}:{tag}", dst_creds=registry_token.credentials)
+
+
 def committed_blobs(entries, prefix: str) -> list[tuple[str, str]]:
     """(repository, digest) of every blob upload the target completed under ``prefix``."""
     found = []
@@ -165,7 +177,7 @@ def committed_blobs(entries, prefix: str) -> list[tuple[str, str]]:
 def test_twenty_images_of_every_kind_arrive_the_missing_one_makes_it_exit_1_and_a_rerun_only_looks(
         zipapp, registry_noauth, registry_basic, registry_token, catalogue, prefix, tmp_path):
     env = environment(registry_noauth, registry_basic, registry_token, prefix)
-    _push_present(registry_token, catalogue, prefix)
+    push_present(registry_token, catalogue, prefix)
     everything = [*catalogue.images, catalogue.missing]
 
     done = sync(zipapp, env, str(write_list(tmp_path / "images.txt", everything)), "--jobs", "4")
@@ -206,13 +218,6 @@ def test_twenty_images_of_every_kind_arrive_the_missing_one_makes_it_exit_1_and_
     target_heads = [e for e in registry_token.requests_since(marks[registry_token])
                     if e.method == "HEAD" and e.status == 200]
     assert len(source_heads) == len(target_heads) == 20
-
-
-def _push_present(registry_token, catalogue: Catalogue, prefix: str) -> None:
-    """Copy the 'present' image into the target first, with skopeo, as an earlier mirror run would."""
-    from tests.helpers.skopeo import copy_all
-    repository, tag = target_path(catalogue.present, prefix)
-    copy_all(catalogue.present, f"{registry_token.host}/{repository}:{tag}", dst_creds=registry_token.credentials)
 
 
 def test_a_failure_exits_2_even_beside_a_missing_image_and_names_the_registry(
@@ -258,7 +263,7 @@ def test_kubectl_json_on_stdin_gives_the_images_of_every_container_list(
 def test_dry_run_prints_what_is_there_and_what_would_travel_and_changes_nothing(
         zipapp, registry_noauth, registry_basic, registry_token, catalogue, prefix, tmp_path):
     env = environment(registry_noauth, registry_basic, registry_token, prefix)
-    _push_present(registry_token, catalogue, prefix)
+    push_present(registry_token, catalogue, prefix)
     docker_image = next(r for r in catalogue.images if "/docker-0:" in r)
     image = catalogue.objects[docker_image]
     repository, _ = target_path(docker_image, prefix)
@@ -418,3 +423,51 @@ def test_on_a_terminal_the_progress_line_is_redrawn_in_place_and_the_table_follo
     assert tail.startswith("6/6 images  ") and "\nIMAGE " in tail and tail.rstrip().endswith("s)")
     rows = table(tail.split("\n", 1)[1])
     assert sorted(rows) == sorted(references) and {cells[0] for cells in rows.values()} == {"copied"}
+
+
+# --- from the cluster --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def api(tmp_path):
+    with FakeKubeAPI(tmp_path / "api") as fake:
+        yield fake
+        fake.assert_schemas_ok()
+
+
+def test_from_cluster_copies_every_image_of_every_pod_across_pages_of_the_listing(
+        zipapp, registry_noauth, registry_basic, registry_token, catalogue, api, prefix, tmp_path):
+    api.grant(api.service_account_user, "list", "pods")
+    public = [r for r in catalogue.images if r not in catalogue.private]
+    web, worker, init, debugger = public[:4]
+    for i in range(PODS):  # more than one page of the listing
+        api.put(running_pod(f"team-{i % 7}", f"web-{i}", web if i % 2 else worker, DIGEST, owner="ReplicaSet"))
+    api.put({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "debugged", "namespace": "ops"},
+             "spec": {"initContainers": [{"name": "init", "image": init}],
+                      "containers": [{"name": "main", "image": catalogue.private[0]}],
+                      "ephemeralContainers": [{"name": "debugger", "image": debugger}]},
+             "status": {"phase": "Pending"}})
+    env = {**environment(registry_noauth, registry_basic, registry_token, prefix),
+           "KUBECONFIG": str(write_kubeconfig_json(api, tmp_path / "kubeconfig"))}
+
+    done = sync(zipapp, env, "--from-cluster")
+
+    assert done.returncode == 0, done.stderr
+    rows = table(done.stdout)
+    assert sorted(rows) == sorted([web, worker, init, debugger, catalogue.private[0]])
+    for reference in rows:
+        assert rows[reference][0] == "copied"
+        assert target_digest(registry_token, reference, prefix) == catalogue.images[reference][0]
+    pages = [seen for seen in api.requests if seen.verb == "list" and seen.resource == "pods"]
+    assert len(pages) == 2 and not pages[0].namespace and "continue=" in pages[1].query
+
+
+def test_from_cluster_without_the_right_to_list_pods_exits_2_naming_the_permission(
+        zipapp, registry_noauth, registry_basic, registry_token, api, prefix, tmp_path):
+    env = {**environment(registry_noauth, registry_basic, registry_token, prefix),
+           "KUBECONFIG": str(write_kubeconfig_json(api, tmp_path / "kubeconfig"))}
+
+    done = sync(zipapp, env, "--from-cluster")
+
+    assert done.returncode == 2 and done.stdout == ""
+    assert "forbidden: imgrep needs RBAC permission to list pods" in done.stderr, done.stderr
