@@ -21,32 +21,32 @@ from dataclasses import dataclass
 from http.client import HTTPException
 from urllib.parse import urlencode, urlsplit
 
-from . import __version__
-from .bulkhead import Bulkhead
-from .checker import ImageChecker
-from .copier import LOOKUP_CONCURRENCY, Copier, CopyResult, Progress
-from .credsource import credential_lookup
-from .results import ERROR, EXISTS
-from .config import MUTATE_TARGET, Config, load_config
-from .errors import ConfigError, ImgrepError
-from .inventory import (SORT_KEYS, BadQuery, Inventory, entry_from_dict, parse_query, render_csv, render_json,
+from imgrep import __version__
+from imgrep.oci.io.bulkhead import Bulkhead
+from imgrep.admission.io.checker import ImageChecker
+from imgrep.oci.io.copier import LOOKUP_CONCURRENCY, Copier, CopyResult, Progress
+from imgrep.cloud.io.credsource import credential_lookup
+from imgrep.oci.results import ERROR, EXISTS
+from imgrep.config import MUTATE_TARGET, Config, load_config
+from imgrep.errors import ConfigError, ImgrepError
+from imgrep.inventory.model import (SORT_KEYS, BadQuery, Inventory, entry_from_dict, parse_query, render_csv, render_json,
                         render_table)
-from .inventory_store import InventoryStore
-from .cluster_inventory import ClusterInventory
-from .copy_leases import CopyLeases
-from .replica_inventory import run_replica_inventory
-from .kube_client import KubeClient, connect
-from .logs import Logger
-from .mutator import Mutator
-from .reference import Reference, parse_reference
-from .registry import RegistryClient, Repo
-from .replicator import Replicator
-from .server import QUERY, App, CertificateReloader, HttpServer, Lifecycle
-from .telemetry import Telemetry
-from .tenant_credentials import PullSecretSource
-from .transport import Transport
-from .webhook import JSON, Webhook
-from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from imgrep.inventory.io.store import InventoryStore
+from imgrep.inventory.io.cluster import ClusterInventory
+from imgrep.kube.io.copy_leases import CopyLeases
+from imgrep.inventory.io.replicas import run_replica_inventory
+from imgrep.kube.io.client import KubeClient, connect
+from imgrep.observe.io.logs import Logger
+from imgrep.admission.io.mutator import Mutator
+from imgrep.oci.reference import Reference, parse_reference
+from imgrep.oci.io.registry import RegistryClient, Repo
+from imgrep.admission.io.replicator import Replicator
+from imgrep.serve.io.http import QUERY, App, CertificateReloader, HttpServer, Lifecycle
+from imgrep.observe.io.telemetry import Telemetry
+from imgrep.admission.io.tenant_credentials import PullSecretSource
+from imgrep.oci.io.transport import Transport
+from imgrep.admission.io.service import JSON, Webhook
+from imgrep.observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 __all__ = ["main"]
 

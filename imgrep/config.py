@@ -13,12 +13,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 from typing import Callable, Mapping
 
-from . import cloud
-from .cloud import AwsSettings, AzureSettings, CloudSettings, EcrRepositorySettings, GcpSettings
-from .credentials import CredentialStore, normalise_registry
-from .errors import ConfigError
-from .retry import REQUEST_RETRY, UPLOAD_RETRY, RetryPolicy
-from .kube_config import KubeSettings
+from imgrep.cloud import selection as cloud
+from imgrep.cloud.selection import AwsSettings, AzureSettings, CloudSettings, EcrRepositorySettings, GcpSettings
+from imgrep.oci.credentials import CredentialStore, normalise_registry
+from imgrep.errors import ConfigError
+from imgrep.oci.retry import REQUEST_RETRY, UPLOAD_RETRY, RetryPolicy
+from imgrep.kube.config import KubeSettings
 
 __all__ = ["Config", "TargetRegistry", "load_config", "DEFAULT_EXCLUDED_NAMESPACES", "MUTATE_OFF", "MUTATE_TARGET",
            "MUTATE_PIN"]

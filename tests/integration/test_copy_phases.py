@@ -16,10 +16,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from imgrep.auth import push_scope
-from imgrep.copier import signature_tags
+from imgrep.oci.auth import push_scope
+from imgrep.oci.io.copier import signature_tags
 from imgrep.errors import ManifestNotFound, RegistryError
-from imgrep.registry import Repo
+from imgrep.oci.io.registry import Repo
 from tests.helpers.engine import FAST_RETRY, Engine, target_manifest_missing, unique
 from tests.helpers.faultproxy import Fault, FaultProxy
 from tests.helpers.images import Image, Index, make_image, make_index, push_image

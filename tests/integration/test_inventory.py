@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from imgrep import inventory_store
+from imgrep.inventory.io import store as inventory_store
 from imgrep.cli import build_runtime, images_route, open_inventory
 from imgrep.config import load_config
 from imgrep.errors import ConfigError
-from imgrep.logs import Logger
-from imgrep.server import App
-from imgrep.webhook import Webhook
+from imgrep.observe.io.logs import Logger
+from imgrep.serve.io.http import App
+from imgrep.admission.io.service import Webhook
 from tests.helpers.images import make_image, push_image
 from tests.helpers.registry import RegistryServer
 

@@ -12,9 +12,9 @@ import pytest
 
 from imgrep.cli import build_runtime, cluster_features
 from imgrep.config import load_config
-from imgrep.logs import Logger
-from imgrep.tenant_credentials import PERMISSIONS
-from imgrep.webhook import Webhook
+from imgrep.observe.io.logs import Logger
+from imgrep.admission.io.tenant_credentials import PERMISSIONS
+from imgrep.admission.io.service import Webhook
 from tests.helpers.engine import unique
 from tests.helpers.images import make_image, push_image
 from tests.helpers.kubeapi import FakeKubeAPI

@@ -23,11 +23,11 @@ from urllib.parse import urlencode
 
 import pytest
 
-from imgrep.credentials import CredentialStore
+from imgrep.oci.credentials import CredentialStore
 from imgrep.errors import (DigestMismatch, ForbiddenRegistry, ManifestNotFound, RegistryProtocolError,
                            RegistryUnavailable, Unauthorized, UnsupportedManifest)
-from imgrep.registry import RegistryClient, Repo
-from imgrep.transport import Transport
+from imgrep.oci.io.registry import RegistryClient, Repo
+from imgrep.oci.io.transport import Transport
 from tests.helpers.certs import make_ca_and_cert
 from tests.helpers.clock import MovableClock
 from tests.helpers.faultproxy import FaultProxy

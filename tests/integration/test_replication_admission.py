@@ -13,8 +13,8 @@ import pytest
 
 from imgrep.cli import build_runtime
 from imgrep.config import load_config
-from imgrep.logs import Logger
-from imgrep.webhook import Webhook
+from imgrep.observe.io.logs import Logger
+from imgrep.admission.io.service import Webhook
 from tests.helpers.binaries import require_binary
 from tests.helpers.clock import wait_until
 from tests.helpers.engine import unique

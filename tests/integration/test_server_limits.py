@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from imgrep.logs import Logger
-from imgrep.server import (
+from imgrep.observe.io.logs import Logger
+from imgrep.serve.io.http import (
     HEAD_TIMEOUT,
     IDLE_TIMEOUT,
     REAP_SLACK,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from imgrep.admission import MAX_BODY_BYTES, SKIP_LABEL, WORKLOAD_KINDS, decode_review, encode_response, extract_images
+from imgrep.admission.review import MAX_BODY_BYTES, SKIP_LABEL, WORKLOAD_KINDS, decode_review, encode_response, extract_images
 from imgrep.errors import BadAdmissionReview
 
 V1, V1BETA1 = "admission.k8s.io/v1", "admission.k8s.io/v1beta1"

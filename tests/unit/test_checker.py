@@ -7,12 +7,12 @@ import time
 
 import pytest
 
-from imgrep.cache import NEGATIVE_TTL_SECONDS
-from imgrep.checker import ImageChecker
+from imgrep.admission.cache import NEGATIVE_TTL_SECONDS
+from imgrep.admission.io.checker import ImageChecker
 from imgrep.errors import DigestMismatch, ManifestNotFound, RegistryUnavailable, Unauthorized
-from imgrep.protocol import OCI_MANIFEST
-from imgrep.registry import ManifestInfo, Repo
-from imgrep.results import ERROR, EXISTS, MISSING
+from imgrep.oci.protocol import OCI_MANIFEST
+from imgrep.oci.io.registry import ManifestInfo, Repo
+from imgrep.oci.results import ERROR, EXISTS, MISSING
 from tests.helpers.clock import FakeClock
 
 TAG_DIGEST = "sha256:" + "1" * 64

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from imgrep.cloud import ECR, GCP, route
+from imgrep.cloud.selection import ECR, GCP, route
 from imgrep.config import Config, load_config
 from imgrep.errors import ConfigError
 

@@ -9,19 +9,19 @@ import json
 import pytest
 
 from imgrep.config import MUTATE_PIN, MUTATE_TARGET, Config, TargetRegistry
-from imgrep.logs import Logger
-from imgrep.mutator import Mutator
-from imgrep.reference import parse_reference
-from imgrep.replicator import Replicator
-from imgrep.results import EXISTS, REPLICATED, CheckResult
-from imgrep.telemetry import Telemetry
+from imgrep.observe.io.logs import Logger
+from imgrep.admission.io.mutator import Mutator
+from imgrep.oci.reference import parse_reference
+from imgrep.admission.io.replicator import Replicator
+from imgrep.oci.results import EXISTS, REPLICATED, CheckResult
+from imgrep.observe.io.telemetry import Telemetry
 
 TARGET = TargetRegistry("mirror.internal:5000", "cache")
 DIGEST = "sha256:" + "a" * 64
 
 
 class FakeWebhook:
-    """Stands in for imgrep.webhook.Webhook.look_up: the answers it is given, and what it was asked."""
+    """Stands in for imgrep.admission.io.service.Webhook.look_up: the answers it is given, and what it was asked."""
 
     def __init__(self, status: str = REPLICATED, fail: Exception | None = None):
         self.status = status

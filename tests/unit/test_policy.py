@@ -6,11 +6,11 @@ import dataclasses
 
 import pytest
 
-from imgrep.admission import WORKLOAD_KINDS, AdmissionRequest
+from imgrep.admission.review import WORKLOAD_KINDS, AdmissionRequest
 from imgrep.errors import InvalidReference, ManifestNotFound, RegistryUnavailable, Unauthorized
-from imgrep.policy import MAX_IMAGES, POD_KINDS, decide, too_many_images, triage
-from imgrep.reference import parse_reference
-from imgrep.results import ERROR, EXISTS, REPLICATED, CheckResult, result_from_error
+from imgrep.admission.policy import MAX_IMAGES, POD_KINDS, decide, too_many_images, triage
+from imgrep.oci.reference import parse_reference
+from imgrep.oci.results import ERROR, EXISTS, REPLICATED, CheckResult, result_from_error
 
 EXCLUDED = frozenset({"kube-system", "image-replicator"})
 POD = AdmissionRequest(

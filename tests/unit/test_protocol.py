@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from imgrep.protocol import (
+from imgrep.oci.protocol import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
     MANIFEST_ACCEPT,
