@@ -1,6 +1,6 @@
 """The one immutable configuration, built once at start-up from the environment.
 
-This is the only module that reads environment variables (SPEC "Environment").
+This is the only module that reads environment variables (README "Configuration").
 Each bad value raises ConfigError naming its variable; the CLI turns it into exit 2.
 """
 

@@ -62,7 +62,7 @@ class RegistryError(ImgrepError):
     """A registry answered in a way that stops the operation.
 
     ``reason`` is the short phrase used in admission denials
-    (SPEC: "not found", "unauthorized", "registry unreachable", ...).
+    (README "What gets checked": "not found", "unauthorized", "registry unreachable", ...).
     """
 
     reason = "registry error"

@@ -1,6 +1,6 @@
 """Admission decisions: request and check results in, allow/deny with reasons out.
 
-Pure: SPEC "Admission semantics" as code. The order of the early exits matters:
+Pure: README "What gets checked" as code. The order of the early exits matters:
 an ignored subresource or operation is allowed before anything is looked at; a
 skipped object is allowed but its images still reach the inventory.
 """
@@ -50,7 +50,7 @@ class Pass:
 
 
 def triage(request: AdmissionRequest, excluded_namespaces: frozenset[str]) -> Pass | None:
-    """Allow at once what SPEC says is not checked; None means check ``request.new_images``."""
+    """Allow at once what README "What gets checked" leaves unchecked; None means check ``request.new_images``."""
     if request.subresource not in CHECKED_SUBRESOURCES:
         return Pass("ignored_subresource")
     if request.operation not in CHECKED_OPERATIONS:

@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 API_VERSIONS = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")
-MAX_BODY_BYTES = 3 * 1024 * 1024  # the API server's own request limit (SPEC "Endpoints")
+MAX_BODY_BYTES = 3 * 1024 * 1024  # the API server's own request limit (README "Endpoints")
 SKIP_LABEL = "image-replicator.io/skip"
 CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
 #: where each kind keeps its pod spec
@@ -71,7 +71,7 @@ class AdmissionRequest:
 
     @property
     def new_images(self) -> tuple[str, ...]:
-        """On UPDATE only images not already in oldObject are checked (SPEC "Admission semantics")."""
+        """On UPDATE only images not already in oldObject are checked (README "What gets checked")."""
         return tuple(image for image in self.images if image not in self.old_images)
 
 

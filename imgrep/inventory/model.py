@@ -1,7 +1,7 @@
 """The image inventory: every image reference admission saw, bounded, and its renderings.
 
 Pure: wall-clock seconds are passed in and the file lives in ``inventory_store``.
-SPEC "Inventory": skipped and excluded images are recorded too (an inventory that
+README "Inventory": skipped and excluded images are recorded too (an inventory that
 misses ``kube-system`` misses the CNI), as ``unchecked`` unless a check already said
 more. The least recently seen entry is evicted beyond ``INVENTORY_MAX``.
 """
@@ -48,7 +48,7 @@ __all__ = [
 
 UNCHECKED = "unchecked"
 STATUSES = (EXISTS, MISSING, ERROR, REPLICATED, UNCHECKED)
-#: SPEC "Inventory", in this order in JSON objects and CSV columns
+#: README "Inventory", in this order in JSON objects and CSV columns
 FIELDS = ("image", "registry", "repository", "tag", "digest", "status", "first_seen", "last_seen", "count",
           "namespaces", "kinds", "running", "running_digests")
 #: what a line must hold; the running fields came later and default to nothing running

@@ -1,6 +1,6 @@
 """A small Prometheus metrics registry and the text exposition format 0.0.4.
 
-Pure: rendering returns bytes and the HTTP handler only wraps them (SPEC "Metrics":
+Pure: rendering returns bytes and the HTTP handler only wraps them (README "Metrics":
 `/metrics` must pass `promtool check metrics`). Locks guard updates because the
 server and the replicator update metrics from their threads.
 """

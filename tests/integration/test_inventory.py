@@ -2,7 +2,7 @@
 
 The webhook is built in-process the way ``serve`` builds it (``build_runtime`` and
 ``open_inventory``), and ``GET /images`` is answered by the same route through
-``App.dispatch``, query string included.
+``Router.dispatch``, query string included.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ from pathlib import Path
 import pytest
 
 from imgrep.inventory.io import store as inventory_store
-from imgrep.cli import build_runtime, images_route, open_inventory
+from imgrep.cli import build_runtime, open_inventory
 from imgrep.config import load_config
 from imgrep.errors import ConfigError
 from imgrep.observe.io.logs import Logger
-from imgrep.serve.io.http import App
+from imgrep.serve.endpoints import images_route
+from imgrep.serve.routes import Request, Router
 from imgrep.admission.io.service import Webhook
 from tests.helpers.images import make_image, push_image
 from tests.helpers.registry import RegistryServer
@@ -72,7 +73,7 @@ class Admissions:
         self.inventory, self.store = open_inventory(self.runtime)
         self.webhook = Webhook(self.runtime.config, self.runtime.checker, self.runtime.telemetry, self.runtime.logger,
                                inventory=self.inventory, inventory_store=self.store)
-        self.app = App({("GET", "/images"): images_route(self.inventory)}, self.runtime.logger)
+        self.app = Router({("GET", "/images"): images_route(self.inventory)})
 
     def admit(self, obj: dict, **options) -> dict:
         status, body = self.webhook.handle(review(obj, **options), "application/json")
@@ -80,7 +81,7 @@ class Admissions:
         return json.loads(body)["response"]
 
     def get(self, query: str = "") -> tuple[int, str, bytes]:
-        return self.app.dispatch("GET", "/images" + (f"?{query}" if query else ""), b"", {})
+        return self.app.dispatch(Request("GET", "/images", query))
 
     def images(self, query: str = "") -> list[dict]:
         status, content_type, body = self.get(query)

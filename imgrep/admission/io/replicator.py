@@ -39,7 +39,7 @@ MAX_REMEMBERED = 10000
 
 
 def target_repository(source: Reference, target: TargetRegistry, include_registry: bool) -> str:
-    """``prefix/<repository>``, or ``prefix/<source-host>/<repository>`` (SPEC ``TARGET_INCLUDE_REGISTRY``)."""
+    """``prefix/<repository>``, or ``prefix/<source-host>/<repository>`` (README "Configuration", ``TARGET_INCLUDE_REGISTRY``)."""
     parts = [target.prefix] if target.prefix else []
     if include_registry:
         host = re.sub(r"[^a-z0-9.-]+", "_", source.registry.lower()).strip("._-")
@@ -114,7 +114,7 @@ class Replicator:
         """Each existing image copied (or found) in the target; others pass through unchanged.
 
         Source errors are turned into allowance with a warning when the target holds the
-        tag (SPEC: "source unreachable but the target already holds the tag"). ``copy_client`` gives
+        tag (README "Replication": the source unreachable, the target holding the tag). ``copy_client`` gives
         the client a copy reads its source with (a tenant's pull secret), None for imgrep's own.
         Without ``wait_for_copies`` a copy is started (or joined) but only one already done counts.
         """

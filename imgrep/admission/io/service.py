@@ -2,7 +2,7 @@
 
 HTTP-agnostic: the server hands over the body and sends back what this returns.
 Every image of every request that decodes reaches the inventory, skipped and
-excluded ones included (SPEC "Inventory").
+excluded ones included (README "Inventory").
 """
 
 from __future__ import annotations
@@ -29,14 +29,14 @@ __all__ = ["Webhook", "JSON", "read_review", "error_body", "log_fields"]
 JSON = "application/json"
 #: share of the admission budget kept back from source checks when replicating: a source
 #: that hangs (packets dropped) still leaves time to find the image in the target and
-#: admit it with a warning (SPEC "source unreachable but the target already holds the tag")
+#: admit it with a warning (README "Replication": the source unreachable, the target holding the tag)
 TARGET_FALLBACK_SHARE = 0.25
 #: label values come from the request body; anything else is "other" to bound cardinality
 _OPERATIONS = frozenset({"CREATE", "UPDATE", "DELETE", "CONNECT"})
 
 
 def error_body(reason: str) -> bytes:
-    return json.dumps({"error": reason}).encode("utf-8")
+    return json.dumps({"error": reason}, separators=(",", ":")).encode("utf-8")
 
 
 def log_fields(request: AdmissionRequest) -> dict[str, str]:

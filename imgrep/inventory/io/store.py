@@ -40,7 +40,7 @@ class Loaded:
 
 
 class InventoryStore:
-    """One process's inventory file. Two replicas each keep their own (SPEC leaves sharing out)."""
+    """One process's inventory file. Two replicas each keep their own (README "Inventory": one file per replica)."""
 
     def __init__(self, path: str, inventory: Inventory, logger: Logger, *, max_lines: int | None = None):
         self.path = path

@@ -1,4 +1,4 @@
-"""Process metrics read from the operating system (SPEC "Metrics": process_*).
+"""Process metrics read from the operating system (README "Metrics": process_*).
 
 The edge half of the metrics: it reads /proc, so it stays out of the pure
 ``metrics`` module, which only calls the collector made here at render time.

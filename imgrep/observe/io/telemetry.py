@@ -1,4 +1,4 @@
-"""imgrep's metric families (SPEC "Metrics") on one registry.
+"""imgrep's metric families (README "Metrics") on one registry.
 
 Registry names come from image references, which anyone who may create a Pod
 writes; after MAX_REGISTRY_LABELS distinct hosts the rest are counted as

@@ -36,7 +36,6 @@ connection least likely to be a client about to be served (see
 from __future__ import annotations
 
 import enum
-import json
 import math
 import os
 import socket
@@ -48,13 +47,13 @@ from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, TypeVar
+from typing import TypeVar
 
-from imgrep.admission.review import MAX_BODY_BYTES
 from imgrep.observe.io.logs import Logger
+from imgrep.serve.routes import Request, Router, error_reply
 
-__all__ = ["Route", "App", "HttpServer", "CertificateReloader", "Lifecycle", "QUERY", "Phase", "Tracked",
-           "Timeouts", "eviction_victim", "overdue", "reap_wait"]
+__all__ = ["HttpServer", "CertificateReloader", "Lifecycle", "Phase", "Tracked", "Timeouts", "eviction_victim",
+           "overdue", "reap_wait"]
 
 #: seconds any one read or write may block once a request has started (a second line
 #: behind the reaper's deadlines, which are what bound slow clients)
@@ -91,12 +90,8 @@ MAX_HEADERS = 100
 #: beyond it the connection is closed at once
 MAX_DISCARD_BYTES = 16 * 1024 * 1024
 
-#: (status, content type, body)
-Reply = tuple[int, str, bytes]
-Route = Callable[[bytes, dict[str, str]], Reply]
-#: the key under which a route finds the query string (after "?") among the lowercased
-#: headers: like an HTTP/2 pseudo-header, no HTTP/1.1 header name can contain ":"
-QUERY = ":query"
+#: a request body's limit when the server is given none: the API server's own (README "Endpoints")
+DEFAULT_MAX_BODY = 3 * 1024 * 1024
 
 
 class Phase(enum.Enum):
@@ -191,28 +186,6 @@ class Lifecycle:
 
     ready: bool = False
     draining: bool = False
-
-
-class App:
-    """Routes for one listener: (method, path) → handler."""
-
-    def __init__(self, routes: dict[tuple[str, str], Route], logger: Logger):
-        self.routes = routes
-        self.logger = logger
-
-    def dispatch(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> Reply:
-        path, _, query = path.partition("?")
-        route = self.routes.get((method, path))
-        if route is None:
-            known = {p for (_, p) in self.routes}
-            if path in known:
-                return _plain(405, "method not allowed")
-            return _plain(404, "not found")
-        return route(body, {**headers, QUERY: query})
-
-
-def _plain(status: int, reason: str) -> Reply:
-    return status, "application/json", json.dumps({"error": reason}, separators=(",", ":")).encode()
 
 
 class CertificateReloader:
@@ -339,23 +312,24 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "POST":
             self.server.track(self.request, Phase.BODY, self.answered)
             if self.headers.get("transfer-encoding") or length is None or not length.isdigit():
-                return self._reply(*_plain(411, "Content-Length required"), close=True)
-            if int(length) > MAX_BODY_BYTES:
+                return self._reply(*error_reply(411, "Content-Length required"), close=True)
+            limit = self.server.max_body
+            if int(length) > limit:
                 self._discard(int(length))
-                return self._reply(*_plain(413, "request body larger than 3 MiB"), close=True)
+                return self._reply(*error_reply(413, f"request body larger than {_size(limit)}"), close=True)
             body = self.rfile.read(int(length))
             if len(body) != int(length):
                 self.close_connection = True
                 return
-        headers = self.headers
+        path, query = Router.split_target(self.path)
+        request = Request(method, path, query, self.headers, body)
         # fully received: from here on it is answered, even while draining, and never evicted
         self.server.track(self.request, Phase.BUSY, self.answered)
         try:
-            reply = self.server.app.dispatch(method, self.path, body, headers)
+            reply = self.server.router.dispatch(request)
         except Exception as exc:  # the boundary: a bug becomes a 500 line, never a traceback to the client
-            self.server.logger.error("internal_error", path=self.path.split("?")[0],
-                                     error=f"{type(exc).__name__}: {exc}"[:300])
-            reply = _plain(500, "internal error")
+            self.server.logger.error("internal_error", path=path, error=f"{type(exc).__name__}: {exc}"[:300])
+            reply = error_reply(500, "internal error")
         try:
             self._reply(*reply, close=self.server.lifecycle.draining)
         finally:
@@ -391,7 +365,7 @@ class _Handler(BaseHTTPRequestHandler):
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """http.server's own errors (bad request line, huge headers) as one-line JSON."""
         self.close_connection = True
-        self._reply(*_plain(code, message or HTTPStatus(code).phrase), close=True)
+        self._reply(*error_reply(code, message or HTTPStatus(code).phrase), close=True)
 
     def log_message(self, format: str, *args) -> None:
         self.server.logger.debug("http", peer=self.client_address[0], line=format % args)
@@ -408,15 +382,17 @@ class HttpServer(ThreadingHTTPServer):
     def __init__(
         self,
         address: tuple[str, int],
-        app: App,
+        router: Router,
         logger: Logger,
         lifecycle: Lifecycle,
         *,
         certificates: CertificateReloader | None = None,
         max_connections: int = 256,
+        max_body: int = DEFAULT_MAX_BODY,
         timeouts: Timeouts = Timeouts(),
     ):
-        self.app = app
+        self.router = router
+        self.max_body = max_body
         self.logger = logger
         self.lifecycle = lifecycle
         self.certificates = certificates
@@ -545,3 +521,8 @@ def _shutdown(connection: socket.socket, how: int) -> None:
         socket.socket.shutdown(connection, how)
     except OSError:
         pass  # already closed by the peer
+
+
+def _size(limit: int) -> str:
+    mib = limit / (1024 * 1024)
+    return f"{mib:g} MiB" if mib >= 1 else f"{limit} bytes"
