@@ -131,7 +131,7 @@ def build_runtime(config: Config) -> Runtime:
     replicator = None
     if config.target:
         replicator = Replicator(copier, client, config.target, include_registry=config.target_include_registry,
-                                timeout=config.replication_timeout_seconds, remember_seconds=config.cache_ttl_seconds,
+                                timeout=config.registry_timeout_seconds, remember_seconds=config.cache_ttl_seconds,
                                 on_done=_replication_recorder(config, telemetry, logger))
     return Runtime(config, logger, telemetry, transport, client, checker, copier, replicator)
 
@@ -196,7 +196,7 @@ def run_copy(runtime: Runtime, source_text: str, target_text: str, show_progress
     try:
         result = runtime.copier.copy(
             Repo(source.api_host, source.repository), source.identifier, Repo(target.api_host, target.repository),
-            time.monotonic() + runtime.config.replication_timeout_seconds, progress, tag=explicit_tag)
+            time.monotonic() + runtime.config.registry_timeout_seconds, progress, tag=explicit_tag)
     finally:
         done.set()
         if show_progress:

@@ -21,13 +21,10 @@ from dataclasses import dataclass, field
 from typing import Mapping, Protocol
 
 from imgrep.errors import ConfigError
-from imgrep.oci.reference import DOCKER_HUB
+from imgrep.oci.reference import DOCKER_HUB, DOCKER_HUB_ALIASES
 
 __all__ = ["Credential", "CredentialLookup", "CredentialStore", "normalise_registry", "parse_docker_config"]
 
-_HUB_ALIASES = frozenset(
-    {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
-)
 
 
 @dataclass(frozen=True)
@@ -54,7 +51,7 @@ def normalise_registry(key: str) -> str:
     if "://" in key:
         key = key.split("://", 1)[1]
     host = key.split("/", 1)[0].lower()
-    return DOCKER_HUB if host in _HUB_ALIASES else host
+    return DOCKER_HUB if host in DOCKER_HUB_ALIASES else host
 
 
 def _decode_auth(value: str, variable: str, key: str) -> tuple[str, str]:

@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from imgrep.oci.digest import digest_problem
 from imgrep.errors import InvalidReference
 
-__all__ = ["DOCKER_HUB", "DOCKER_HUB_API", "Reference", "parse_reference"]
+__all__ = ["DOCKER_HUB", "DOCKER_HUB_API", "DOCKER_HUB_ALIASES", "Reference", "parse_reference"]
 
 DOCKER_HUB = "docker.io"
 #: where Docker Hub's registry v2 API actually answers
 DOCKER_HUB_API = "registry-1.docker.io"
 
 #: names people write for Docker Hub; all are canonicalised to DOCKER_HUB
-_DOCKER_HUB_ALIASES = frozenset(
+DOCKER_HUB_ALIASES = frozenset(
     {DOCKER_HUB, "index.docker.io", DOCKER_HUB_API, "registry.hub.docker.com"}
 )
 _OFFICIAL_PREFIX = "library/"
@@ -126,7 +126,7 @@ def _parse(text: str) -> Reference:
     if not _HOST_RE.fullmatch(registry):
         raise InvalidReference(text, "invalid registry host")
     registry = registry.lower()
-    if registry in _DOCKER_HUB_ALIASES:
+    if registry in DOCKER_HUB_ALIASES:
         registry = DOCKER_HUB
         if "/" not in repository:
             repository = _OFFICIAL_PREFIX + repository
