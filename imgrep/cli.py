@@ -41,7 +41,8 @@ from imgrep.observe.io.logs import Logger
 from imgrep.observe.io.telemetry import Telemetry
 from imgrep.oci.io.bulkhead import Bulkhead
 from imgrep.oci.io.copier import LOOKUP_CONCURRENCY, Copier, CopyResult, Progress
-from imgrep.oci.io.registry import RegistryClient, Repo
+from imgrep.oci.io.registry import RegistryClient
+from imgrep.oci.reference import Repo
 from imgrep.oci.io.transport import Transport
 from imgrep.oci.reference import Reference, parse_reference
 from imgrep.oci.results import ERROR, EXISTS

@@ -14,7 +14,7 @@ from email.utils import parsedate_to_datetime
 from typing import Iterable, Mapping
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from imgrep.errors import ManifestNotFound, RegistryError, RegistryProtocolError, RegistryUnavailable, Unauthorized
+from imgrep.errors import NotFound, RegistryError, RegistryProtocolError, RegistryUnavailable, Unauthorized
 
 __all__ = [
     "OCI_INDEX",
@@ -33,6 +33,7 @@ __all__ = [
     "parse_retry_after",
     "error_summary",
     "status_error",
+    "resource_kind",
     "redact_url",
     "manifest_path",
     "blob_path",
@@ -258,7 +259,17 @@ def error_summary(body: bytes) -> str:
     return " ".join(text.split())[:200]
 
 
-def status_error(status: int, method: str, body: bytes, *, registry: str, repository: str = "") -> RegistryError:
+def resource_kind(path: str) -> str:
+    """What a registry v2 path names (distribution spec "Endpoints"): manifest, blob, upload or referrers."""
+    for marker, kind in (("/blobs/uploads/", "upload"), ("/blobs/", "blob"), ("/manifests/", "manifest"),
+                         ("/referrers/", "referrers")):
+        if marker in path:
+            return kind
+    return "resource"
+
+
+def status_error(status: int, method: str, body: bytes, *, registry: str, repository: str = "",
+                 path: str = "") -> RegistryError:
     """The error a final, unwanted status means (distribution spec "Error Codes").
 
     ``body`` is the (capped) error body, read for its first registry error. 501 and 505
@@ -268,7 +279,8 @@ def status_error(status: int, method: str, body: bytes, *, registry: str, reposi
     detail = "" if method == "HEAD" else error_summary(body)
     where = dict(repository=repository, status=status)
     if status == 404:
-        return ManifestNotFound(registry, detail or "manifest unknown", **where)
+        kind = resource_kind(path) if path else "manifest"
+        return NotFound(registry, detail or f"{kind} unknown", kind=kind, **where)
     if status in (401, 403):
         return Unauthorized(registry, detail or "access denied with the configured credentials", **where)
     if status == 429:

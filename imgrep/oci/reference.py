@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from imgrep.oci.digest import digest_problem
 from imgrep.errors import InvalidReference
 
-__all__ = ["DOCKER_HUB", "DOCKER_HUB_API", "DOCKER_HUB_ALIASES", "Reference", "parse_reference"]
+__all__ = ["DOCKER_HUB", "DOCKER_HUB_API", "DOCKER_HUB_ALIASES", "Reference", "Repo", "parse_reference"]
 
 DOCKER_HUB = "docker.io"
 #: where Docker Hub's registry v2 API actually answers
@@ -81,6 +81,18 @@ class Reference:
         if self.digest is not None:
             text += f"@{self.digest}"
         return text
+
+
+@dataclass(frozen=True)
+class Repo:
+    """A repository as the registry API addresses it: ``Reference.api_host`` and its repository.
+
+    A Reference names an image the way people write it (``nginx``); a Repo is where its
+    requests go (``registry-1.docker.io``, ``library/nginx``).
+    """
+
+    registry: str  # API host, e.g. registry-1.docker.io or 127.0.0.1:5000
+    repository: str
 
 
 def parse_reference(text: str) -> Reference:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from imgrep.errors import ImgrepError, InvalidReference, ManifestNotFound, RegistryError
+from imgrep.errors import ImgrepError, InvalidReference, NotFound, RegistryError
 from imgrep.oci.reference import Reference
 
 __all__ = ["CheckResult", "result_from_error", "EXISTS", "MISSING", "ERROR", "REPLICATED"]
@@ -36,7 +36,7 @@ class CheckResult:
 
 
 def result_from_error(image: str, reference: Reference | None, error: ImgrepError) -> CheckResult:
-    if isinstance(error, ManifestNotFound):
+    if isinstance(error, NotFound):
         status, reason = MISSING, error.reason
     elif isinstance(error, RegistryError):
         status, reason = ERROR, error.reason

@@ -13,8 +13,9 @@ from imgrep.config import load_config
 from imgrep.oci.io.copier import LOOKUP_CONCURRENCY, Copier
 from imgrep.oci.credentials import CredentialStore
 from imgrep.cloud.io.credsource import CredentialSource, ProviderFactory
-from imgrep.errors import ManifestNotFound, RegistryError
-from imgrep.oci.io.registry import RegistryClient, Repo
+from imgrep.errors import NotFound, RegistryError
+from imgrep.oci.io.registry import RegistryClient
+from imgrep.oci.reference import Repo
 from imgrep.oci.retry import RetryPolicy
 from imgrep.oci.io.transport import Transport
 from tests.helpers.clock import MovableClock, wait_until
@@ -93,7 +94,7 @@ def target_manifest_missing(target, repo: str, digest: str) -> bool:
     client = RegistryClient(transport, CredentialStore())
     try:
         client.resolve(Repo(target.host, repo), digest, time.monotonic() + 5)
-    except ManifestNotFound:
+    except NotFound:
         return True
     finally:
         transport.close()

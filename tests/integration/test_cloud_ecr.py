@@ -19,7 +19,8 @@ from imgrep.config import load_config
 from imgrep.oci.io.copier import Copier
 from imgrep.errors import CredentialProviderError, Unauthorized
 from imgrep.cloud.lease import MAX_BACKOFF
-from imgrep.oci.io.registry import RegistryClient, Repo
+from imgrep.oci.io.registry import RegistryClient
+from imgrep.oci.reference import Repo
 from imgrep.oci.retry import RetryPolicy
 from imgrep.oci.io.transport import Transport
 from tests.helpers.aws import (ACCOUNT, ECR_CREDENTIALS, ROLE_ARN, Aws, ecr_error_body, sts_error_body,

@@ -26,7 +26,8 @@ from imgrep.oci.credentials import CredentialStore
 from imgrep.errors import CredentialProviderError, ForbiddenRegistry
 from imgrep.cloud.io.providers import (EKS_POD_IDENTITY_ADDRESSES, GKE_METADATA_ADDRESS, AwsIdentity, Endpoint, GcpProvider,
                               provider_transport)
-from imgrep.oci.io.registry import RegistryClient, Repo
+from imgrep.oci.io.registry import RegistryClient
+from imgrep.oci.reference import Repo
 from imgrep.oci.io.transport import Transport
 from tests.helpers.aws import PodIdentityAgent
 from tests.helpers.fakeserver import FakeServer

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from imgrep.oci.io.copier import signature_tags
-from imgrep.errors import DigestMismatch, ManifestNotFound, RegistryError
-from imgrep.oci.io.registry import Repo
+from imgrep.errors import DigestMismatch, NotFound, RegistryError
+from imgrep.oci.reference import Repo
 from tests.helpers.engine import (FAST_RETRY, Engine, copy_until_interrupted, proxied_pair, target_manifest_missing,
                                   trickling_image, unique)
 from tests.helpers.faultproxy import Fault
@@ -68,7 +68,7 @@ def test_digest_reference_is_pushed_by_digest_without_a_tag(engine, registry_tok
     engine.copy(repo, digest)
 
     assert sha256(target_raw(registry_basic, repo, digest)) == digest
-    with pytest.raises(ManifestNotFound):
+    with pytest.raises(NotFound):
         engine.client.resolve(Repo(registry_basic.host, repo), "only-source-tag", time.monotonic() + 5)
 
 

@@ -15,7 +15,7 @@ import tracemalloc
 import pytest
 
 from imgrep.errors import DigestMismatch, RegistryUnavailable
-from imgrep.oci.io.registry import Repo
+from imgrep.oci.reference import Repo
 from imgrep.oci.retry import RetryPolicy
 from tests.helpers.engine import Engine, proxied_pair, unique
 from tests.helpers.faultproxy import Fault, FaultProxy

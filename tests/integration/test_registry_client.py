@@ -24,9 +24,10 @@ from urllib.parse import urlencode
 import pytest
 
 from imgrep.oci.credentials import CredentialStore
-from imgrep.errors import (DigestMismatch, ForbiddenRegistry, ManifestNotFound, RegistryProtocolError,
+from imgrep.errors import (DigestMismatch, ForbiddenRegistry, NotFound, RegistryProtocolError,
                            RegistryUnavailable, Unauthorized, UnsupportedManifest)
-from imgrep.oci.io.registry import RegistryClient, Repo
+from imgrep.oci.io.registry import RegistryClient
+from imgrep.oci.reference import Repo
 from imgrep.oci.io.transport import Transport
 from tests.helpers.certs import make_ca_and_cert
 from tests.helpers.clock import MovableClock
@@ -164,11 +165,11 @@ def test_missing_tag_and_digest_are_manifest_not_found(request, connect, mode: s
     under_test = client_for(connect, registry)
 
     for identifier in ("no-such-tag", absent_digest):
-        with pytest.raises(ManifestNotFound) as caught:
+        with pytest.raises(NotFound) as caught:
             under_test.resolve(registry.host, repository, identifier)
         assert caught.value.status == 404
         assert caught.value.reason == "not found"
-    with pytest.raises(ManifestNotFound):
+    with pytest.raises(NotFound):
         under_test.resolve(registry.host, new_repo("never-pushed"), "v1")
 
 

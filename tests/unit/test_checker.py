@@ -9,9 +9,10 @@ import pytest
 
 from imgrep.admission.cache import NEGATIVE_TTL_SECONDS
 from imgrep.admission.io.checker import ImageChecker
-from imgrep.errors import DigestMismatch, ManifestNotFound, RegistryUnavailable, Unauthorized
+from imgrep.errors import DigestMismatch, NotFound, RegistryUnavailable, Unauthorized
 from imgrep.oci.protocol import OCI_MANIFEST
-from imgrep.oci.io.registry import ManifestInfo, Repo
+from imgrep.oci.io.registry import ManifestInfo
+from imgrep.oci.reference import Repo
 from imgrep.oci.results import ERROR, EXISTS, MISSING
 from tests.helpers.clock import FakeClock
 
@@ -43,7 +44,7 @@ class FakeRegistry:
         if isinstance(answer, Exception):
             raise answer
         if answer is None:
-            raise ManifestNotFound(repo.registry, "manifest unknown", repository=repo.repository, status=404)
+            raise NotFound(repo.registry, "manifest unknown", repository=repo.repository, status=404)
         return ManifestInfo(answer, OCI_MANIFEST, 1234)
 
 

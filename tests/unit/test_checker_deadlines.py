@@ -7,7 +7,8 @@ import time
 
 from imgrep.admission.io.checker import CHECK_WORKERS_PER_REGISTRY, ImageChecker
 from imgrep.oci.protocol import OCI_MANIFEST
-from imgrep.oci.io.registry import ManifestInfo, Repo
+from imgrep.oci.io.registry import ManifestInfo
+from imgrep.oci.reference import Repo
 from imgrep.oci.results import ERROR, EXISTS
 
 DIGEST = "sha256:" + "3" * 64

@@ -9,7 +9,8 @@ import pytest
 
 from imgrep.oci.credentials import CredentialStore
 from imgrep.errors import ForbiddenRegistry, RegistryUnavailable
-from imgrep.oci.io.registry import RegistryClient, Repo
+from imgrep.oci.io.registry import RegistryClient
+from imgrep.oci.reference import Repo
 from imgrep.oci.io.transport import Transport
 
 

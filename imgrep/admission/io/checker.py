@@ -21,7 +21,8 @@ from imgrep.oci.io.bulkhead import Bulkhead
 from imgrep.admission.cache import NEGATIVE_TTL_SECONDS, TTLCache
 from imgrep.errors import ImgrepError, InvalidReference, RegistryUnavailable
 from imgrep.oci.reference import Reference, parse_reference
-from imgrep.oci.io.registry import RegistryClient, Repo
+from imgrep.oci.io.registry import RegistryClient
+from imgrep.oci.reference import Repo
 from imgrep.oci.results import ERROR, EXISTS, MISSING, CheckResult, result_from_error
 
 __all__ = ["ImageChecker", "Route", "CHECK_WORKERS", "CHECK_WORKERS_PER_REGISTRY"]

@@ -24,7 +24,8 @@ from imgrep.config import TargetRegistry
 from imgrep.oci.io.copier import Copier, CopyResult, Progress
 from imgrep.errors import ImgrepError
 from imgrep.oci.reference import Reference
-from imgrep.oci.io.registry import RegistryClient, Repo
+from imgrep.oci.io.registry import RegistryClient
+from imgrep.oci.reference import Repo
 
 __all__ = ["Replicator", "target_repository", "failure_backoff"]
 

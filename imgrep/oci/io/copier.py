@@ -30,10 +30,11 @@ from typing import Callable, Iterator
 from imgrep.oci.auth import push_scope
 from imgrep.oci.io.bulkhead import Bulkhead
 from imgrep.oci.digest import Verifier, is_digest
-from imgrep.errors import (DigestMismatch, ImgrepError, ManifestNotFound, RegistryError, RegistryProtocolError,
+from imgrep.errors import (DigestMismatch, ImgrepError, NotFound, RegistryError, RegistryProtocolError,
                      RegistryUnavailable)
 from imgrep.oci.manifest import Descriptor, parse_manifest
-from imgrep.oci.io.registry import NOT_IMPLEMENTED, Manifest, RegistryClient, Repo
+from imgrep.oci.io.registry import NOT_IMPLEMENTED, Manifest, RegistryClient
+from imgrep.oci.reference import Repo
 from imgrep.oci.retry import UPLOAD_RETRY, RetryPolicy
 
 __all__ = ["Copier", "CopyResult", "Progress", "BlobStats", "signature_tags", "LOOKUP_CONCURRENCY"]
@@ -213,7 +214,7 @@ class Copier:
         the tag's own manifest shows whether it lied (the copy is refused either way)."""
         try:
             return self.client.get_manifest(source, digest, deadline)
-        except ManifestNotFound:
+        except NotFound:
             if is_digest(identifier):
                 raise
             actual = self.client.get_manifest(source, identifier, deadline).info.digest
@@ -225,7 +226,7 @@ class Copier:
         """One HEAD in the target: does ``identifier`` already name ``digest`` there?"""
         try:
             return self.client.resolve(target, identifier, deadline).digest == digest
-        except ManifestNotFound:
+        except NotFound:
             return False
 
     def _held(self, target: Repo, digest: str, deadline: float) -> Manifest | None:
@@ -235,7 +236,7 @@ class Copier:
         perhaps a referrer a copy stopped before): one PUT, no blob traffic."""
         try:
             return self.client.get_manifest(target, digest, deadline)
-        except ManifestNotFound:
+        except NotFound:
             return None
 
     def _collect(self, lookups: _Tasks, source: Repo, top: Manifest,
@@ -285,7 +286,7 @@ class Copier:
     def _tag_exists(self, source: Repo, tag: str, deadline: float) -> bool:
         try:
             self.client.resolve(source, tag, deadline)
-        except ManifestNotFound:
+        except NotFound:
             return False
         return True
 

@@ -15,13 +15,13 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
-from urllib.parse import urlencode, urljoin
+from urllib.parse import urlencode, urljoin, urlsplit
 
 from imgrep.oci.auth import (MAX_TOKEN_RESPONSE, Asker, ChallengeCache, Flow, Token, TokenCache, TokenFetch, auth_flow,
                    prefetch_flow, pull_scope, push_scope)
 from imgrep.oci.credentials import CredentialLookup
 from imgrep.oci.digest import algorithm_of, compute, is_digest, matches
-from imgrep.errors import (DigestMismatch, ManifestNotFound, RegistryError, RegistryProtocolError, RegistryUnavailable,
+from imgrep.errors import (DigestMismatch, NotFound, RegistryError, RegistryProtocolError, RegistryUnavailable,
                      UnsupportedManifest)
 from imgrep.oci.manifest import announced_type, parse_manifest
 from imgrep.oci.protocol import (
@@ -37,10 +37,11 @@ from imgrep.oci.protocol import (
     same_origin,
     status_error,
 )
+from imgrep.oci.reference import Repo
 from imgrep.oci.retry import REQUEST_RETRY, RETRYABLE_STATUS, RetryPolicy
 from imgrep.oci.io.transport import Response, Transport
 
-__all__ = ["RegistryClient", "ManifestInfo", "Manifest", "Repo"]
+__all__ = ["RegistryClient", "ManifestInfo", "Manifest"]
 
 #: registries whose auth scheme is remembered; image references can name any number
 MAX_REMEMBERED_REGISTRIES = 4096
@@ -48,14 +49,6 @@ MAX_REMEMBERED_REGISTRIES = 4096
 TOKEN_LOCK_STRIPES = 64
 #: "this server does not do that": answers after which another way is tried, not a retry
 NOT_IMPLEMENTED = frozenset({405, 501})
-
-
-@dataclass(frozen=True)
-class Repo:
-    """A repository on a registry, as the API addresses it."""
-
-    registry: str  # API host, e.g. registry-1.docker.io or 127.0.0.1:5000
-    repository: str
 
 
 @dataclass(frozen=True)
@@ -164,7 +157,7 @@ class RegistryClient:
         so the upload (or mount) that follows decides."""
         try:
             self._call(repo, "HEAD", blob_path(repo.repository, digest), deadline, scopes=scopes).close()
-        except ManifestNotFound:
+        except NotFound:
             return False
         except RegistryProtocolError as exc:
             if exc.status not in NOT_IMPLEMENTED:
@@ -244,7 +237,7 @@ class RegistryClient:
             with self._call(repo, "GET", f"/v2/{repo.repository}/referrers/{digest}", deadline,
                             headers={"Accept": OCI_INDEX}) as response:
                 return response.read_capped(MAX_MANIFEST_BYTES)
-        except (ManifestNotFound, RegistryProtocolError):
+        except (NotFound, RegistryProtocolError):
             return None
 
     def authorize(self, repo: Repo, scopes: tuple[str, ...], deadline: float) -> None:
@@ -316,7 +309,8 @@ class RegistryClient:
     def _failure(repo: Repo, method: str, response: Response) -> RegistryError:
         body = b"" if method == "HEAD" else response.read_capped(MAX_ERROR_BODY)
         response.close()
-        return status_error(response.status, method, body, registry=repo.registry, repository=repo.repository)
+        return status_error(response.status, method, body, registry=repo.registry, repository=repo.repository,
+                            path=urlsplit(response.url).path)
 
     def _exchange(self, repo: Repo, scopes: tuple[str, ...], request: Request, deadline: float) -> Response:
         """``request`` authorised by the auth flow; the registry's last answer, body unread."""
