@@ -31,7 +31,9 @@ class CheckResult:
     copying: bool = False
 
     @property
-    def registry(self) -> str:
+    def registry_label(self) -> str:
+        """The registry as metrics name it: the canonical name (``docker.io``), not the API host
+        (``registry-1.docker.io``, a Repo's), or ``invalid`` for a reference that does not parse."""
         return self.reference.registry if self.reference else "invalid"
 
 

@@ -185,7 +185,7 @@ def test_spellings_of_one_reference_share_a_cache_entry(make_checker, clock):
 def test_invalid_reference_is_an_error_naming_it_without_asking_a_registry(make_checker, image):
     registry = FakeRegistry()
     result = check(make_checker(registry), image)
-    assert (result.image, result.status, result.reason, result.registry) == (image, ERROR, "invalid reference",
+    assert (result.image, result.status, result.reason, result.registry_label) == (image, ERROR, "invalid reference",
                                                                               "invalid")
     assert "invalid image reference" in result.detail
     assert registry.calls == []

@@ -25,7 +25,7 @@ from imgrep.oci.io.registry import RegistryClient
 from imgrep.oci.reference import Repo
 from imgrep.oci.results import ERROR, EXISTS, MISSING, CheckResult, result_from_error
 
-__all__ = ["ImageChecker", "Route", "CHECK_WORKERS", "CHECK_WORKERS_PER_REGISTRY"]
+__all__ = ["ImageChecker", "Route", "lookup_key", "CHECK_WORKERS", "CHECK_WORKERS_PER_REGISTRY"]
 
 #: which client checks a reference, and the cache scope its answer is filed under ("" is imgrep's
 #: own credentials); None: imgrep's own. Pull secrets route a tenant's images (``tenant_credentials``).
@@ -85,7 +85,7 @@ class ImageChecker:
             return CheckResult(image, ERROR, reference, reason="registry not allowed",
                                detail=f"{reference.registry} is not in ALLOWED_REGISTRIES")
         scope, client = (route(reference) if route else None) or ("", self.client)
-        key = f"{scope}#{reference}" if scope else str(reference)
+        key = lookup_key(reference, scope)
         with self._lock:
             # cache and in-flight map are read together: a lookup caches its result before
             # it is forgotten, so a key in neither place truly needs a new lookup
@@ -145,6 +145,13 @@ class ImageChecker:
 
     def close(self) -> None:
         self._pool.shutdown()
+
+
+def lookup_key(reference: Reference, scope: str = "") -> str:
+    """What one lookup answers for: the canonical reference (``nginx`` and
+    ``docker.io/library/nginx:latest`` share one), within the credential scope that can see it
+    (a tenant's pull secret; README "Pull secrets"), so no scope is served another's result."""
+    return f"{scope}#{reference}" if scope else str(reference)
 
 
 def _as_written(result: CheckResult, image: str) -> CheckResult:

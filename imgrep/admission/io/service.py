@@ -145,7 +145,7 @@ class Webhook:
         for result in results:
             outcome = "cached" if result.cached else result.status
             self.telemetry.image_checks.labels(
-                registry=self.telemetry.registry_label(result.registry), result=outcome).inc()
+                registry=self.telemetry.registry_label(result.registry_label), result=outcome).inc()
 
     def _record(self, request: AdmissionRequest, decision: Decision, elapsed: float) -> None:
         result = "allowed" if decision.allowed else "denied"
