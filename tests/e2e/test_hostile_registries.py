@@ -10,9 +10,10 @@ import secrets
 import threading
 import time
 
-from tests.e2e.reviews import absent, assert_denied, decide, pod, review
+from tests.e2e.reviews import absent, assert_denied, decide
 from tests.helpers.hostile import HostileRegistry
 from tests.helpers.images import make_image, push_image
+from tests.helpers.reviews import pod, review
 
 #: a short budget keeps these tests quick; the behaviour does not depend on its length
 BUDGET = 2.0

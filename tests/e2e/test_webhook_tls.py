@@ -18,13 +18,14 @@ import time
 import pytest
 
 from tests.e2e.conftest import SERVICE_NAME, ApiServerConnection
-from tests.e2e.reviews import KINDS, V1, V1BETA1, absent, answer_of, assert_denied, decide, pod, review, workload
+from tests.e2e.reviews import absent, answer_of, assert_denied, decide
 from tests.helpers.binaries import require_binary
 from tests.helpers.certs import issue_cert, make_ca_and_cert
 from tests.helpers.clock import wait_until
 from tests.helpers.images import make_image, push_image
 from tests.helpers.ports import refusing_port
 from tests.helpers.registry import RegistryServer
+from tests.helpers.reviews import KINDS, V1, V1BETA1, pod, review, workload
 
 # --- images --------------------------------------------------------------------------
 
