@@ -27,6 +27,7 @@ from imgrep.observe.io.logs import Logger
 from imgrep.serve.endpoints import images_route
 from imgrep.serve.routes import Request, Router
 from imgrep.admission.io.service import Webhook
+from tests.helpers.engine import unique
 from tests.helpers.images import make_image, push_image
 from tests.helpers.registry import RegistryServer
 from tests.helpers.reviews import review_bytes, workload
@@ -86,7 +87,7 @@ def start(registry_noauth):
 @pytest.fixture(scope="module")
 def present(registry_noauth) -> tuple[str, str]:
     """(reference, digest) of an image that exists."""
-    repository = f"inventory/{uuid.uuid4().hex[:8]}"
+    repository = unique("inventory/app")
     digest = push_image(registry_noauth, repository, "v1", make_image(seed=repository))
     return f"{registry_noauth.host}/{repository}:v1", digest
 
