@@ -13,11 +13,12 @@ import subprocess
 import sys
 import time
 
-from tests.e2e.reviews import decide, pod, review
+from tests.e2e.reviews import decide
 from tests.helpers.aws import ECR_CREDENTIALS, Aws, web_identity_token
 from tests.helpers.engine import unique
 from tests.helpers.images import make_image, push_image
 from tests.helpers.registry import RegistryServer
+from tests.helpers.reviews import pod, review
 from tests.helpers.skopeo import inspect_raw
 
 #: admissions retried while the copy runs in the background ("replicating, retry shortly")

@@ -15,6 +15,7 @@ from imgrep.oci.reference import parse_reference
 from imgrep.admission.io.replicator import Replicator
 from imgrep.oci.results import EXISTS, REPLICATED, CheckResult
 from imgrep.observe.io.telemetry import Telemetry
+from tests.helpers.reviews import review_bytes, workload
 
 TARGET = TargetRegistry("mirror.internal:5000", "cache")
 DIGEST = "sha256:" + "a" * 64
@@ -49,11 +50,7 @@ def mutator(webhook, **config) -> tuple[Mutator, io.StringIO, Telemetry]:
 
 
 def review(*images: str, kind: str = "Pod", dry_run: bool = False, namespace: str = "shop") -> bytes:
-    spec = {"containers": [{"name": f"c{i}", "image": image} for i, image in enumerate(images)]}
-    obj = {"metadata": {"name": "web"}, "spec": spec if kind == "Pod" else {"template": {"spec": spec}}}
-    return json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
-        "uid": "u-1", "kind": {"group": "", "version": "v1", "kind": kind}, "operation": "CREATE",
-        "namespace": namespace, "dryRun": dry_run, "object": obj}}).encode()
+    return review_bytes(workload(kind, images, name="web", namespace=namespace), dry_run=dry_run, uid="u-1")
 
 
 def answer(subject: Mutator, body: bytes) -> dict:
