@@ -25,17 +25,18 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.helpers.certs import make_ca_and_cert  # noqa: E402
+from tests.helpers.engine import unique  # noqa: E402
 from tests.helpers.hostile import HostileRegistry  # noqa: E402
 from tests.helpers.images import make_image, push_image  # noqa: E402
 from tests.helpers.ports import free_port  # noqa: E402
 from tests.helpers.registry import RegistryServer  # noqa: E402
+from tests.helpers.reviews import pod, review_bytes  # noqa: E402
 from tests.helpers.tokenserver import TokenServer  # noqa: E402
 
 SERVICE_NAME = "image-replicator.image-replicator.svc"
@@ -46,15 +47,7 @@ BUDGET = 8.0
 
 
 def pod_review(*images: str, dry_run: bool = False) -> bytes:
-    containers = [{"name": f"c{i}", "image": image} for i, image in enumerate(images)]
-    return json.dumps({
-        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-        "request": {"uid": str(uuid.uuid4()), "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                    "resource": {"group": "", "version": "v1", "resource": "pods"},
-                    "namespace": "default", "operation": "CREATE", "dryRun": dry_run,
-                    "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bench"},
-                               "spec": {"containers": containers}}},
-    }).encode()
+    return review_bytes(pod(*images, name="bench"), dry_run=dry_run)
 
 
 class Client:
@@ -146,7 +139,7 @@ def cold_checks(client: Client, registry: RegistryServer, label: str, count: int
     """Seconds for one admission of each of ``count`` images pushed just now (never checked before)."""
     images = []
     for i in range(count):
-        repository = f"bench/cold-{label}-{uuid.uuid4().hex[:6]}"
+        repository = unique(f"bench/cold-{label}")
         push_image(registry, repository, "v1", make_image(seed=repository))
         images.append(f"{registry.host}/{repository}:v1")
     latencies = []

@@ -76,8 +76,8 @@ def main() -> int:
     args = parser.parse_args()
     subprocess.run([sys.executable, str(ROOT / "build_zipapp.py")], check=True, stdout=subprocess.DEVNULL)
     zipapp = str(ROOT / "dist" / "imgrep.pyz")
-    names = {"ceiling": f"raw ceiling (GET->PUT x{STREAMS})", "verified": "raw ceiling, hashing sha256", "sync": f"imgrep sync --jobs {STREAMS}",
-             "copy": "imgrep copy, each in turn", "copy4": f"imgrep copy, {STREAMS} at a time"}
+    names = {"ceiling": f"raw ceiling (GET->PUT x{STREAMS})", "verified": "raw ceiling, hashing sha256",
+             "sync": f"imgrep sync --jobs {STREAMS}", "copy": "imgrep copy, each in turn", "copy4": f"imgrep copy, {STREAMS} at a time"}
     seconds: dict[str, list[float]] = {name: [] for name in names}
     peaks: dict[str, list[int]] = {name: [] for name in names if name.startswith(("sync", "copy"))}
     cpu: dict[str, list[float]] = {name: [] for name in peaks}

@@ -21,33 +21,34 @@ from dataclasses import dataclass
 from http.client import HTTPException
 from urllib.parse import urlencode, urlsplit
 
-from . import __version__
-from .bulkhead import Bulkhead
-from .checker import ImageChecker
-from .copier import LOOKUP_CONCURRENCY, Copier, CopyResult, Progress
-from .credsource import credential_lookup
-from .results import ERROR, EXISTS
-from .config import MUTATE_TARGET, Config, load_config
-from .errors import ConfigError, ImgrepError
-from .inventory import (SORT_KEYS, BadQuery, Inventory, entry_from_dict, parse_query, render_csv, render_json,
-                        render_table)
-from .inventory_store import InventoryStore
-from .cluster_inventory import ClusterInventory
-from .copy_leases import CopyLeases
-from .replica_inventory import run_replica_inventory
-from .kube_client import KubeClient, connect
-from .logs import Logger
-from .mutator import Mutator
-from .reference import Reference, parse_reference
-from .registry import RegistryClient, Repo
-from .replicator import Replicator
-from .server import QUERY, App, CertificateReloader, HttpServer, Lifecycle
-from .sync_runner import DEFAULT_JOBS, MAX_JOBS, run_sync, sync_inputs
-from .telemetry import Telemetry
-from .tenant_credentials import PullSecretSource
-from .transport import Transport
-from .webhook import JSON, Webhook
-from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from imgrep import __version__
+from imgrep.admission.io.checker import ImageChecker
+from imgrep.admission.io.mutator import Mutator
+from imgrep.admission.io.replicator import Replicator
+from imgrep.admission.io.service import Webhook
+from imgrep.admission.io.tenant_credentials import PullSecretSource
+from imgrep.admission.review import MAX_BODY_BYTES
+from imgrep.cloud.io.credsource import credential_lookup
+from imgrep.config import MUTATE_TARGET, Config, load_config
+from imgrep.errors import ConfigError, ImgrepError
+from imgrep.inventory.io.cluster import ClusterInventory
+from imgrep.inventory.io.replicas import run_replica_inventory
+from imgrep.inventory.io.store import InventoryStore
+from imgrep.inventory.model import SORT_KEYS, Inventory, entry_from_dict, render_table
+from imgrep.kube.io.client import KubeClient, connect
+from imgrep.kube.io.copy_leases import CopyLeases
+from imgrep.observe.io.logs import Logger
+from imgrep.observe.io.telemetry import Telemetry
+from imgrep.oci.io.bulkhead import Bulkhead
+from imgrep.oci.io.copier import LOOKUP_CONCURRENCY, Copier, CopyResult, Progress
+from imgrep.oci.io.registry import RegistryClient
+from imgrep.oci.reference import Repo
+from imgrep.oci.io.transport import Transport
+from imgrep.oci.reference import Reference, parse_reference
+from imgrep.oci.results import ERROR, EXISTS
+from imgrep.serve.endpoints import health_router, webhook_router
+from imgrep.serve.io.http import CertificateReloader, HttpServer, Lifecycle
+from imgrep.sync.io.runner import DEFAULT_JOBS, MAX_JOBS, run_sync, sync_inputs
 
 __all__ = ["main"]
 
@@ -55,7 +56,6 @@ __all__ = ["main"]
 CHECK_TIMEOUT = 60.0
 #: seconds the ``inventory`` command waits for GET /images
 INVENTORY_TIMEOUT = 30.0
-CSV = "text/csv; charset=utf-8"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -149,7 +149,7 @@ def build_runtime(config: Config) -> Runtime:
     replicator = None
     if config.target:
         replicator = Replicator(copier, client, config.target, include_registry=config.target_include_registry,
-                                timeout=config.replication_timeout_seconds, remember_seconds=config.cache_ttl_seconds,
+                                timeout=config.registry_timeout_seconds, remember_seconds=config.cache_ttl_seconds,
                                 on_done=_replication_recorder(config, telemetry, logger))
     return Runtime(config, logger, telemetry, transport, client, checker, copier, replicator)
 
@@ -214,7 +214,7 @@ def run_copy(runtime: Runtime, source_text: str, target_text: str, show_progress
     try:
         result = runtime.copier.copy(
             Repo(source.api_host, source.repository), source.identifier, Repo(target.api_host, target.repository),
-            time.monotonic() + runtime.config.replication_timeout_seconds, progress, tag=explicit_tag)
+            time.monotonic() + runtime.config.registry_timeout_seconds, progress, tag=explicit_tag)
     finally:
         done.set()
         if show_progress:
@@ -283,18 +283,6 @@ def run_inventory(url: str, sort: str, filters: dict[str, str | None]) -> int:
     return 0
 
 
-def images_route(inventory: Inventory):
-    """``GET /images`` (SPEC "Inventory"): filters from the query string, JSON or ``format=csv``."""
-    def images(_body, headers):
-        try:
-            query = parse_query(headers.get(QUERY, ""))
-        except BadQuery as exc:
-            return _json({"error": str(exc)}, 400)
-        entries = inventory.query(query)
-        return (200, CSV, render_csv(entries)) if query.format == "csv" else (200, JSON, render_json(entries))
-    return images
-
-
 def open_inventory(runtime: Runtime) -> tuple[Inventory, InventoryStore | None]:
     """The serving process's inventory, read back from INVENTORY_FILE when set.
 
@@ -307,11 +295,6 @@ def open_inventory(runtime: Runtime) -> tuple[Inventory, InventoryStore | None]:
         store.open()
     runtime.telemetry.inventory_images.set(len(inventory))
     return inventory, store
-
-
-def _json(document: object, status: int = 200) -> tuple[int, str, bytes]:
-    """Compact JSON, as SPEC writes the health answers (``{"status":"ok"}``)."""
-    return status, JSON, json.dumps(document, separators=(",", ":")).encode()
 
 
 def _listen(variable: str, port: int, *args, **kwargs) -> HttpServer:
@@ -388,37 +371,17 @@ def run_serve(runtime: Runtime) -> int:
                       inventory=inventory, inventory_store=inventory_store, pull_secrets=cluster.pull_secrets)
     mutator = Mutator(config, webhook, runtime.telemetry, logger)
 
-    def metrics(_body, _headers):
-        return 200, METRICS_CONTENT_TYPE, runtime.telemetry.render()
-
-    def healthz(_body, _headers):
-        return _json({"status": "ok"})
-
-    def readyz(_body, _headers):
-        if lifecycle.ready and not lifecycle.draining:
-            return _json({"status": "ready"})
-        return _json({"status": "shutting down" if lifecycle.draining else "starting"}, 503)
-
-    def validate(body, headers):
-        status, answer = webhook.handle(body, headers.get("content-type", ""))
-        return status, JSON, answer
-
-    def mutate(body, headers):  # answers (allowed, no patch) with MUTATE off too: see README "Mutation"
-        status, answer = mutator.handle(body, headers.get("content-type", ""))
-        return status, JSON, answer
-
     certificates = None
     if not config.skip_tls:
         try:
             certificates = CertificateReloader(config.tls_cert_path, config.tls_key_path, logger)
         except (OSError, ValueError) as exc:
             raise ConfigError("TLS_CERT_PATH", f"cannot load certificate and key: {exc}") from None
-    common = {("GET", "/healthz"): healthz, ("GET", "/metrics"): metrics}
-    health_routes = {**common, ("GET", "/readyz"): readyz, ("GET", "/images"): images_route(inventory)}
-    health = _listen("HEALTH_PORT", config.health_port, App(health_routes, logger), logger, lifecycle)
-    webhook_routes = {**common, ("POST", "/validate"): validate, ("POST", "/mutate"): mutate}
-    server = _listen("PORT", config.port, App(webhook_routes, logger), logger,
-                     lifecycle, certificates=certificates, max_connections=config.max_connections)
+    metrics = runtime.telemetry.render
+    health = _listen("HEALTH_PORT", config.health_port, health_router(lifecycle, inventory, metrics), logger,
+                     lifecycle)
+    server = _listen("PORT", config.port, webhook_router(webhook, mutator, metrics), logger, lifecycle,
+                     certificates=certificates, max_connections=config.max_connections, max_body=MAX_BODY_BYTES)
     # Blocked here, before any thread starts, so every thread inherits the mask and the
     # signals wait for sigwait below: no handler races a lock, and the main thread
     # sleeps without waking up (each wake-up would take the GIL from a request).

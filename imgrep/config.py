@@ -1,6 +1,6 @@
 """The one immutable configuration, built once at start-up from the environment.
 
-This is the only module that reads environment variables (SPEC "Environment").
+This is the only module that reads environment variables (README "Configuration").
 Each bad value raises ConfigError naming its variable; the CLI turns it into exit 2.
 """
 
@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 from typing import Callable, Mapping
 
-from . import cloud
-from .cloud import AwsSettings, AzureSettings, CloudSettings, EcrRepositorySettings, GcpSettings
-from .credentials import CredentialStore, normalise_registry
-from .errors import ConfigError
-from .retry import REQUEST_RETRY, UPLOAD_RETRY, RetryPolicy
-from .kube_config import KubeSettings
+from imgrep.cloud import selection as cloud
+from imgrep.cloud.selection import AwsSettings, AzureSettings, CloudSettings, EcrRepositorySettings, GcpSettings
+from imgrep.oci.credentials import CredentialStore, normalise_registry
+from imgrep.errors import ConfigError
+from imgrep.oci.retry import REQUEST_RETRY, UPLOAD_RETRY, RetryPolicy
+from imgrep.kube.config import KubeSettings
 
 __all__ = ["Config", "TargetRegistry", "load_config", "DEFAULT_EXCLUDED_NAMESPACES", "MUTATE_OFF", "MUTATE_TARGET",
            "MUTATE_PIN"]
@@ -56,7 +56,7 @@ class Config:
     target_include_registry: bool = False
     mode: str = "enforce"
     admission_budget_seconds: float = 8.0
-    replication_timeout_seconds: float = 240.0
+    registry_timeout_seconds: float = 240.0
     registry_error_policy: str = "deny"
     cache_ttl_seconds: float = 300.0
     excluded_namespaces: frozenset[str] = frozenset(DEFAULT_EXCLUDED_NAMESPACES)
@@ -87,32 +87,33 @@ class Config:
     kube: KubeSettings = field(default_factory=KubeSettings)
 
     def summary(self) -> dict[str, object]:
-        """Effective configuration for the start-up log: no secrets, only where they came from."""
-        return {
-            "port": self.port,
-            "health_port": self.health_port,
-            "tls": "off" if self.skip_tls else self.tls_cert_path,
-            "target_registry": str(self.target) if self.target else None,
-            "target_include_registry": self.target_include_registry,
-            "mode": self.mode,
-            "admission_budget_seconds": self.admission_budget_seconds,
-            "registry_timeout_seconds": self.replication_timeout_seconds,
-            "registry_error_policy": self.registry_error_policy,
-            "cache_ttl_seconds": self.cache_ttl_seconds,
-            "excluded_namespaces": sorted(self.excluded_namespaces),
-            "insecure_registries": sorted(self.insecure_registries),
-            "registry_ca_file": self.registry_ca_file,
-            "credentials": self.credentials.describe(),
-            "registry_providers": cloud.describe(self.cloud, frozenset(self.credentials.by_registry),
-                                                 self.target.host if self.target else None),
-            "allowed_registries": sorted(self.allowed_registries),
-            "inventory_max": self.inventory_max,
-            "inventory_file": self.inventory_file,
-            "log_format": self.log_format,
-            "mutate": self.mutate,
-            "kubernetes_api": self.kube.mode,
-            "pull_secrets": self.kube.pull_secrets,
-        }
+        """Effective configuration for the start-up log: one entry per field, so none is forgotten.
+
+        Plain values as they are, sets sorted, settings groups as objects; the fields that
+        hold secrets (credentials, cloud identities) only as where they came from.
+        """
+        return {item.name: _SECRET_FREE.get(item.name, _shown_field)(self, item.name) for item in fields(self)}
+
+
+def _shown(value: object) -> object:
+    if isinstance(value, frozenset):
+        return sorted(value)
+    if is_dataclass(value):
+        return {item.name: _shown(getattr(value, item.name)) for item in fields(value)}
+    return value
+
+
+def _shown_field(config: Config, name: str) -> object:
+    return _shown(getattr(config, name))
+
+
+#: fields shown other than as themselves: what they hold is secret, or reads better as a string
+_SECRET_FREE: dict[str, Callable[[Config, str], object]] = {
+    "target": lambda config, _name: str(config.target) if config.target else None,
+    "credentials": lambda config, _name: config.credentials.describe(),
+    "cloud": lambda config, _name: cloud.describe(config.cloud, frozenset(config.credentials.by_registry),
+                                                  config.target.host if config.target else None),
+}
 
 
 #: distribution's path-component grammar, joined by "/"
@@ -241,7 +242,7 @@ def load_config(environ: Mapping[str, str], read_text: Callable[[str], str] = _r
         target_include_registry=env.boolean("TARGET_INCLUDE_REGISTRY", False),
         mode=env.choice("MODE", "enforce", ("enforce", "audit")),
         admission_budget_seconds=env.number("ADMISSION_BUDGET_SECONDS", 8.0, minimum=0.1, maximum=30),
-        replication_timeout_seconds=env.number("REGISTRY_TIMEOUT", 240000, minimum=1000, maximum=86_400_000) / 1000,
+        registry_timeout_seconds=env.number("REGISTRY_TIMEOUT", 240000, minimum=1000, maximum=86_400_000) / 1000,
         registry_error_policy=env.choice("REGISTRY_ERROR_POLICY", "deny", ("deny", "allow")),
         cache_ttl_seconds=env.number("CACHE_TTL_SECONDS", 300, minimum=0, maximum=86_400),
         excluded_namespaces=frozenset(

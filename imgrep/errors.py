@@ -12,7 +12,7 @@ __all__ = [
     "InvalidReference",
     "BadAdmissionReview",
     "RegistryError",
-    "ManifestNotFound",
+    "NotFound",
     "Unauthorized",
     "RegistryUnavailable",
     "RegistryProtocolError",
@@ -62,7 +62,7 @@ class RegistryError(ImgrepError):
     """A registry answered in a way that stops the operation.
 
     ``reason`` is the short phrase used in admission denials
-    (SPEC: "not found", "unauthorized", "registry unreachable", ...).
+    (README "What gets checked": "not found", "unauthorized", "registry unreachable", ...).
     """
 
     reason = "registry error"
@@ -86,8 +86,15 @@ class RegistryError(ImgrepError):
         super().__init__(f"{where}: {detail}{code}")
 
 
-class ManifestNotFound(RegistryError):
+class NotFound(RegistryError):
+    """A 404: ``kind`` says what was missing (manifest, blob, upload, referrers), so a missing
+    layer is never reported as a missing image."""
+
     reason = "not found"
+
+    def __init__(self, registry: str, detail: str, *, kind: str = "manifest", **where):
+        self.kind = kind
+        super().__init__(registry, detail, **where)
 
 
 class Unauthorized(RegistryError):

@@ -277,7 +277,7 @@ def test_the_rendered_environment_configures_imgrep_as_the_values_say(objects):
     assert config.shutdown_delay_seconds == 3
     assert (str(config.target), config.target_include_registry) == ("registry.example.com/mirror", True)
     assert config.mutate == MUTATE_TARGET
-    assert (config.replication_timeout_seconds, config.registry_error_policy) == (600, "allow")
+    assert (config.registry_timeout_seconds, config.registry_error_policy) == (600, "allow")
     assert config.cache_ttl_seconds == 0
     assert config.insecure_registries == {"registry.lab:5000", "10.0.0.5"}
     assert config.allowed_registries == {"docker.io", "registry.example.com"}

@@ -8,7 +8,13 @@ import json
 
 import pytest
 
-from imgrep import cluster_inventory, copy_leases, replica_inventory, tenant_credentials
+from imgrep.inventory.io import cluster as cluster_inventory
+
+from imgrep.kube.io import copy_leases
+
+from imgrep.inventory.io import replicas as replica_inventory
+
+from imgrep.admission.io import tenant_credentials
 from tests.deploy.kube import REPO, find, kustomize, yaml_to_objects
 from tests.helpers.kubeapi import validate
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from imgrep.telemetry import Telemetry
+from imgrep.observe.io.telemetry import Telemetry
 from tests.deploy.chart import parse_yaml, render_objects
 from tests.deploy.kube import REPO, find, yaml_to_objects
 from tests.deploy.promql import label_names, metric_names

@@ -19,6 +19,7 @@ import pytest
 
 from tests.deploy.kube import REPO, find, offline_env, run, yaml_to_objects
 from tests.helpers.binaries import require_binary
+from tests.helpers.reviews import pod, review
 from tests.helpers.serving import start_serving, stop_process
 
 SCRIPTS = REPO / "scripts"
@@ -175,23 +176,14 @@ def imgrep_with_generated_certs(openssl, tmp_path, env):
 def test_imgrep_serves_the_generated_certificate_to_a_client_verifying_like_the_api_server(
         imgrep_with_generated_certs):
     port, bundle_pem, _ = imgrep_with_generated_certs
-    review = {
-        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-        "request": {
-            "uid": "generated-certs-1", "operation": "CREATE", "namespace": "kube-system",
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
-                       "spec": {"containers": [{"name": "c", "image": "example.invalid/app:v1"}]}},
-        },
-    }
+    sent = review(pod("example.invalid/app:v1", name="p", namespace="kube-system"), uid="generated-certs-1")
     context = ssl.create_default_context(cadata=bundle_pem)
     connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=10)
     # Dial the address but verify the Service's name, as the API server does.
     connection.sock = context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10),
                                           server_hostname=SERVER_NAME)
     try:
-        connection.request("POST", "/validate", body=json.dumps(review),
+        connection.request("POST", "/validate", body=json.dumps(sent),
                            headers={"Content-Type": "application/json"})
         response = connection.getresponse()
         answer = json.loads(response.read())

@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import secrets
 import signal
 import socket
 import ssl
@@ -24,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.certs import CertPaths, make_ca_and_cert
+from tests.helpers.engine import unique
 from tests.helpers.images import make_image, make_index, push_image
 from tests.helpers.registry import RegistryServer
 from tests.helpers.serving import STOP_TIMEOUT_SECONDS, start_serving, stop_process
@@ -204,7 +204,7 @@ def start_mirroring(start_webhook, base_env: dict[str, str], registry_basic: Reg
     """start_mirroring(*hosts, **env): (a webhook replicating to a prefix of its own in the basic-auth
     registry, that prefix); ``hosts`` are spoken to over plain HTTP too (fault proxies)."""
     def start(*insecure_hosts: str, **env: str) -> tuple[Webhook, str]:
-        prefix = f"mirror-{secrets.token_hex(4)}"
+        prefix = unique("mirror")
         insecure = ",".join([base_env["INSECURE_REGISTRIES"], *insecure_hosts])
         return start_webhook(TARGET_REGISTRY=f"{registry_basic.host}/{prefix}", INSECURE_REGISTRIES=insecure,
                              **env), prefix
@@ -215,7 +215,7 @@ def start_mirroring(start_webhook, base_env: dict[str, str], registry_basic: Reg
 @pytest.fixture(scope="module")
 def present(registry_noauth: RegistryServer) -> str:
     """An image that exists in the unauthenticated registry."""
-    repository = f"e2e/{secrets.token_hex(4)}"
+    repository = unique("e2e/present")
     push_image(registry_noauth, repository, "v1", make_image(seed="e2e-present"))
     return f"{registry_noauth.host}/{repository}:v1"
 
@@ -223,6 +223,6 @@ def present(registry_noauth: RegistryServer) -> str:
 @pytest.fixture(scope="module")
 def private(registry_basic: RegistryServer) -> str:
     """An image that exists only behind basic auth (the webhook has the credentials)."""
-    repository = f"e2e/{secrets.token_hex(4)}"
+    repository = unique("e2e/private")
     push_image(registry_basic, repository, "v1", make_index(seed="e2e-private"))
     return f"{registry_basic.host}/{repository}:v1"

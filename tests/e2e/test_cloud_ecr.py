@@ -13,11 +13,12 @@ import subprocess
 import sys
 import time
 
-from tests.e2e.reviews import decide, pod, review
+from tests.e2e.reviews import decide
 from tests.helpers.aws import ECR_CREDENTIALS, Aws, web_identity_token
 from tests.helpers.engine import unique
 from tests.helpers.images import make_image, push_image
 from tests.helpers.registry import RegistryServer
+from tests.helpers.reviews import pod, review
 from tests.helpers.skopeo import inspect_raw
 
 #: admissions retried while the copy runs in the background ("replicating, retry shortly")
@@ -69,7 +70,7 @@ def test_the_webhook_replicates_into_ecr_and_says_which_provider_it_uses(start_w
     assert aws.calls("CreateRepository") == 1
     assert inspect_raw(f"docker://{ecr_registry.host}/mirror/{repository}:v1", creds=ECR_CREDENTIALS)
     started = next(r for r in webhook.log_records() if r.get("event") == "started")
-    assert started["config"]["registry_providers"]["registries"] == {ecr_registry.host: "ecr (eu-west-1)"}
+    assert started["config"]["cloud"]["registries"] == {ecr_registry.host: "ecr (eu-west-1)"}
     assert any(r.get("event") == "credentials_renewed" and r.get("provider") == "ecr" for r in webhook.log_records())
     output = webhook.output()
     assert ECR_CREDENTIALS[1] not in output and "eyJhbGciOiJSUzI1NiIsImtpZCI6InRlc3QifQ" not in output

@@ -12,13 +12,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.e2e.reviews import assert_denied, decide, review, workload
+from tests.e2e.reviews import assert_denied, decide
 from tests.helpers.engine import unique
 from tests.helpers.faultproxy import Fault, FaultProxy
 from tests.helpers.images import make_image, push_image
 from tests.helpers.kubeapi import FakeKubeAPI
 from tests.helpers.kubeobjects import pull_secret, running_pod, write_kubeconfig_json
 from tests.helpers.registry import RegistryServer
+from tests.helpers.reviews import review, workload
 from tests.helpers.skopeo import inspect_raw
 
 CALICO = "quay.io/calico/node:v3.28.0"

@@ -6,13 +6,14 @@ that trickle their answers a byte at a time or accept connections and never answ
 
 from __future__ import annotations
 
-import secrets
 import threading
 import time
 
-from tests.e2e.reviews import absent, assert_denied, decide, pod, review
+from tests.e2e.reviews import absent, assert_denied, decide
+from tests.helpers.engine import unique
 from tests.helpers.hostile import HostileRegistry
 from tests.helpers.images import make_image, push_image
+from tests.helpers.reviews import pod, review
 
 #: a short budget keeps these tests quick; the behaviour does not depend on its length
 BUDGET = 2.0
@@ -57,7 +58,7 @@ def test_a_host_that_never_answers_cannot_fill_the_check_pool(start_webhook, bas
             attacker.start()
             try:
                 time.sleep(0.3)  # its lookups now hold every thread they can get
-                fresh = f"fresh-{secrets.token_hex(4)}"
+                fresh = unique("fresh")
                 push_image(registry_noauth, fresh, "v1", make_image(seed=fresh))
                 healthy.append(timed(webhook, review(pod(f"{registry_noauth.host}/{fresh}:v1",
                                                          absent(registry_noauth)))))
@@ -77,7 +78,7 @@ def test_a_host_that_never_answers_cannot_fill_the_check_pool(start_webhook, bas
 def test_a_hanging_source_still_lets_the_target_vouch_inside_the_budget(start_webhook, base_env, registry_noauth):
     """The most common outage (packets dropped): the source never answers, the mirror has the image."""
     with HostileRegistry("hang") as hanging:
-        repository = f"mirror-{secrets.token_hex(4)}"
+        repository = unique("mirror")
         push_image(registry_noauth, repository, "v1", make_image(seed=repository))
         webhook = start_webhook(**hostile_env(base_env, hanging, TARGET_REGISTRY=registry_noauth.host))
 

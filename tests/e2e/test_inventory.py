@@ -9,8 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.e2e.reviews import absent, decide, review, workload
+from tests.e2e.reviews import absent, decide
 from tests.helpers.ports import refusing_port
+from tests.helpers.reviews import review, workload
 
 TIMEOUT_SECONDS = 30
 

@@ -7,10 +7,10 @@ import threading
 import time
 from pathlib import Path
 
-from tests.e2e.reviews import pod, review
 from tests.helpers.certs import issue_cert
 from tests.helpers.clock import wait_until
 from tests.helpers.images import make_image, push_image
+from tests.helpers.reviews import pod, review
 
 CLIENTS = 8
 WARMUP_SECONDS = 2.0

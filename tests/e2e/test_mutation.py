@@ -13,12 +13,13 @@ import time
 
 import pytest
 
-from tests.e2e.reviews import V1, V1BETA1, absent, answer_of, assert_denied, decide, pod, review, workload
+from tests.e2e.reviews import absent, answer_of, assert_denied, decide
 from tests.helpers.binaries import require_module
 from tests.helpers.clock import wait_until
 from tests.helpers.engine import unique
 from tests.helpers.faultproxy import Fault, FaultProxy
 from tests.helpers.images import holds_manifest, make_image, push_image
+from tests.helpers.reviews import V1, V1BETA1, pod, review, workload
 
 ORIGINALS = "image-replicator.io/original-images"
 #: as in test_workloads_while_copying: a layer that takes 8 s to download, well past the budget

@@ -6,8 +6,8 @@ import base64
 import json
 import uuid
 
-from tests.e2e.reviews import pod, review
 from tests.helpers.images import make_image, push_image
+from tests.helpers.reviews import pod, review
 from tests.helpers.tokenserver import TokenServer
 from tests.helpers.registry import RegistryServer
 

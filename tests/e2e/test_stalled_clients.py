@@ -6,8 +6,8 @@ from __future__ import annotations
 import socket
 import time
 
-from imgrep.server import HEAD_TIMEOUT, REAP_SLACK
-from tests.e2e.reviews import pod, review
+from imgrep.serve.io.http import HEAD_TIMEOUT, REAP_SLACK
+from tests.helpers.reviews import pod, review
 
 #: more than MAX_CONNECTIONS (256 by default): the last of the crowd find every slot taken
 CROWD = 320

@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import select
 import signal
 import struct
@@ -29,8 +28,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from imgrep.sync import format_bytes
+from imgrep.sync.plan import format_bytes
 from tests.helpers.clock import wait_until
+from tests.helpers.engine import unique
 from tests.helpers.faultproxy import Fault, FaultProxy
 from tests.helpers.images import holds_manifest, make_image, make_index, push_blob, push_image
 from tests.helpers.kubeapi import FakeKubeAPI
@@ -66,12 +66,12 @@ def sha256(data: bytes) -> str:
 
 @pytest.fixture(scope="module")
 def catalogue(registry_noauth, registry_basic) -> Catalogue:
-    run = secrets.token_hex(3)
+    run = unique("sync")
     images: dict[str, tuple[str, list[str]]] = {}
     objects: dict[str, object] = {}
 
     def add(registry, name: str, image, *, by_digest: bool = False) -> str:
-        repository = f"sync-{run}/{name}"
+        repository = f"{run}/{name}"
         digest = push_image(registry, repository, "v1", image)
         reference = f"{registry.host}/{repository}" + (f"@{digest}" if by_digest else ":v1")
         images[reference] = digest, [child.digest for child in getattr(image, "children", ())]
@@ -92,14 +92,14 @@ def catalogue(registry_noauth, registry_basic) -> Catalogue:
     private = (add(registry_basic, "private-index", make_index(layer_size=20_000, seed=f"{run}-pi")),
                add(registry_basic, "private", make_image("oci", layer_size=20_000, seed=f"{run}-p")))
     present = add(registry_noauth, "present", make_image("docker", layer_size=10_000, seed=f"{run}-present"))
-    missing = f"{registry_noauth.host}/sync-{run}/never-pushed:v1"
+    missing = f"{registry_noauth.host}/{run}/never-pushed:v1"
     assert len(images) == 20
     return Catalogue(images, private, missing, present, objects)
 
 
 @pytest.fixture
 def prefix() -> str:
-    return f"mirror-{secrets.token_hex(4)}"
+    return unique("mirror")
 
 
 def environment(registry_noauth, registry_basic, registry_token, prefix: str, *extra_hosts: str,
@@ -297,13 +297,13 @@ def test_dry_run_prints_what_is_there_and_what_would_travel_and_changes_nothing(
 def slow_images(registry_noauth) -> dict[str, str]:
     """Eight images (indexes and single images, Docker and OCI) whose layers span many of the
     proxy's pieces, so that each takes about a second through it: repository → digest."""
-    run = secrets.token_hex(3)
+    run = unique("sync")
     pushed = {}
     for i in range(8):
         image = (make_index(media="oci" if i % 4 else "docker", layer_size=SLOW_LAYER, seed=f"{run}-slow{i}")
                  if i % 2 else make_image("oci" if i % 4 else "docker", layers=2, layer_size=SLOW_LAYER,
                                           seed=f"{run}-slow{i}"))
-        repository = f"sync-{run}/slow-{'index' if i % 2 else 'image'}-{i}"
+        repository = f"{run}/slow-{'index' if i % 2 else 'image'}-{i}"
         pushed[repository] = push_image(registry_noauth, repository, "v1", image)
     return pushed
 

@@ -18,13 +18,15 @@ import time
 import pytest
 
 from tests.e2e.conftest import SERVICE_NAME, ApiServerConnection
-from tests.e2e.reviews import KINDS, V1, V1BETA1, absent, answer_of, assert_denied, decide, pod, review, workload
+from tests.e2e.reviews import absent, answer_of, assert_denied, decide
 from tests.helpers.binaries import require_binary
 from tests.helpers.certs import issue_cert, make_ca_and_cert
 from tests.helpers.clock import wait_until
+from tests.helpers.engine import unique
 from tests.helpers.images import make_image, push_image
 from tests.helpers.ports import refusing_port
 from tests.helpers.registry import RegistryServer
+from tests.helpers.reviews import KINDS, V1, V1BETA1, pod, review, workload
 
 # --- images --------------------------------------------------------------------------
 
@@ -212,7 +214,7 @@ def test_answer_comes_within_the_budget_when_the_registry_stalls(start_webhook, 
 
 
 def test_warm_path_makes_no_registry_request(webhook, registry_noauth):
-    repository = f"e2e/warm-{secrets.token_hex(4)}"
+    repository = unique("e2e/warm")
     push_image(registry_noauth, repository, "v1", make_image(seed="e2e-warm"))
     image = f"{registry_noauth.host}/{repository}:v1"
 

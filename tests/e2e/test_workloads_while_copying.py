@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.reviews import assert_denied, decide, pod, review, workload
+from tests.e2e.reviews import assert_denied, decide
 from tests.helpers.clock import wait_until
 from tests.helpers.engine import unique
 from tests.helpers.faultproxy import Fault, FaultProxy
 from tests.helpers.images import holds_manifest, make_image, push_image
+from tests.helpers.reviews import pod, review, workload
 
 #: a layer that takes LARGE / RATE = 8 s to download however fast the machine, against a 1 s budget:
 #: the copy is still running for the several answers a test asks for meanwhile

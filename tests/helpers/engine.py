@@ -8,15 +8,16 @@ import time
 import uuid
 from collections.abc import Iterator
 
-from imgrep.bulkhead import Bulkhead
+from imgrep.oci.io.bulkhead import Bulkhead
 from imgrep.config import load_config
-from imgrep.copier import LOOKUP_CONCURRENCY, Copier
-from imgrep.credentials import CredentialStore
-from imgrep.credsource import CredentialSource, ProviderFactory
-from imgrep.errors import ManifestNotFound, RegistryError
-from imgrep.registry import RegistryClient, Repo
-from imgrep.retry import RetryPolicy
-from imgrep.transport import Transport
+from imgrep.oci.io.copier import LOOKUP_CONCURRENCY, Copier
+from imgrep.oci.credentials import CredentialStore
+from imgrep.cloud.io.credsource import CredentialSource, ProviderFactory
+from imgrep.errors import NotFound, RegistryError
+from imgrep.oci.io.registry import RegistryClient
+from imgrep.oci.reference import Repo
+from imgrep.oci.retry import RetryPolicy
+from imgrep.oci.io.transport import Transport
 from tests.helpers.clock import MovableClock, wait_until
 from tests.helpers.faultproxy import Fault, FaultProxy
 from tests.helpers.images import make_image, push_image
@@ -93,7 +94,7 @@ def target_manifest_missing(target, repo: str, digest: str) -> bool:
     client = RegistryClient(transport, CredentialStore())
     try:
         client.resolve(Repo(target.host, repo), digest, time.monotonic() + 5)
-    except ManifestNotFound:
+    except NotFound:
         return True
     finally:
         transport.close()

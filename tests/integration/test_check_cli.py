@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.engine import unique
 from tests.helpers.images import make_image, make_index, push_image
 from tests.helpers.peer import Reply, ScriptedPeer, Seen
 from tests.helpers.ports import refusing_port
@@ -56,7 +57,7 @@ def credentials_env(registry: RegistryServer, password: str | None = None) -> di
 @pytest.fixture(scope="module")
 def images(registry_noauth: RegistryServer, registry_basic: RegistryServer) -> dict[str, tuple[str, str]]:
     """name → (reference, digest) of images pushed for this module."""
-    repository = f"cli/{secrets.token_hex(4)}"
+    repository = unique("cli/image")
     image, index = make_image(seed="cli-image"), make_index(seed="cli-index")
     return {
         "plain": (f"{registry_noauth.host}/{repository}:v1", push_image(registry_noauth, repository, "v1", image)),

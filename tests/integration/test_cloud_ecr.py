@@ -14,14 +14,15 @@ import time
 
 import pytest
 
-from imgrep.bulkhead import Bulkhead
+from imgrep.oci.io.bulkhead import Bulkhead
 from imgrep.config import load_config
-from imgrep.copier import Copier
+from imgrep.oci.io.copier import Copier
 from imgrep.errors import CredentialProviderError, Unauthorized
-from imgrep.lease import MAX_BACKOFF
-from imgrep.registry import RegistryClient, Repo
-from imgrep.retry import RetryPolicy
-from imgrep.transport import Transport
+from imgrep.cloud.lease import MAX_BACKOFF
+from imgrep.oci.io.registry import RegistryClient
+from imgrep.oci.reference import Repo
+from imgrep.oci.retry import RetryPolicy
+from imgrep.oci.io.transport import Transport
 from tests.helpers.aws import (ACCOUNT, ECR_CREDENTIALS, ROLE_ARN, Aws, ecr_error_body, sts_error_body,
                                web_identity_token)
 from tests.helpers.engine import CloudEngine, unique

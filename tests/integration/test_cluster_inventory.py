@@ -8,14 +8,14 @@ import time
 
 import pytest
 
-from imgrep import cluster_inventory
-from imgrep.cluster_inventory import PERMISSIONS, ClusterInventory
-from imgrep.inventory import Inventory
-from imgrep.kube_api import KubeForbidden
-from imgrep.kube_client import KubeClient
-from imgrep.kube_config import ClusterAccess
-from imgrep.logs import Logger
-from imgrep.telemetry import Telemetry
+from imgrep.inventory.io import cluster as cluster_inventory
+from imgrep.inventory.io.cluster import PERMISSIONS, ClusterInventory
+from imgrep.inventory.model import Inventory
+from imgrep.kube.api import KubeForbidden
+from imgrep.kube.io.client import KubeClient
+from imgrep.kube.config import ClusterAccess
+from imgrep.observe.io.logs import Logger
+from imgrep.observe.io.telemetry import Telemetry
 from tests.helpers.kubeapi import FakeKubeAPI
 from tests.helpers.kubeobjects import running_pod
 

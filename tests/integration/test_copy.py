@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from imgrep.copier import signature_tags
-from imgrep.errors import DigestMismatch, ManifestNotFound, RegistryError
-from imgrep.registry import Repo
+from imgrep.oci.io.copier import signature_tags
+from imgrep.errors import DigestMismatch, NotFound, RegistryError
+from imgrep.oci.reference import Repo
 from tests.helpers.engine import (FAST_RETRY, Engine, copy_until_interrupted, proxied_pair, target_manifest_missing,
                                   trickling_image, unique)
 from tests.helpers.faultproxy import Fault
@@ -68,7 +68,7 @@ def test_digest_reference_is_pushed_by_digest_without_a_tag(engine, registry_tok
     engine.copy(repo, digest)
 
     assert sha256(target_raw(registry_basic, repo, digest)) == digest
-    with pytest.raises(ManifestNotFound):
+    with pytest.raises(NotFound):
         engine.client.resolve(Repo(registry_basic.host, repo), "only-source-tag", time.monotonic() + 5)
 
 
@@ -128,7 +128,7 @@ def test_cosign_signature_tag_travels_with_the_image(engine, registry_token, reg
 
 
 def test_schema1_manifest_is_refused_with_a_clear_message(engine, registry_token, registry_basic):
-    from imgrep.manifest import parse_manifest
+    from imgrep.oci.manifest import parse_manifest
     from imgrep.errors import UnsupportedManifest
 
     with pytest.raises(UnsupportedManifest, match="schema 1"):

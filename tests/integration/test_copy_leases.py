@@ -8,23 +8,23 @@ import io
 import json
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from imgrep.cli import build_runtime, cluster_features
 from imgrep.config import load_config
-from imgrep.copy_leases import PERMISSIONS, CopyLeases
-from imgrep.kube_client import KubeClient
-from imgrep.kube_config import ClusterAccess
-from imgrep.kube_lease import lease_name, new_lease
-from imgrep.logs import Logger
-from imgrep.webhook import Webhook
+from imgrep.kube.io.copy_leases import PERMISSIONS, CopyLeases
+from imgrep.kube.io.client import KubeClient
+from imgrep.kube.config import ClusterAccess
+from imgrep.kube.lease import lease_name, new_lease
+from imgrep.observe.io.logs import Logger
+from imgrep.admission.io.service import Webhook
 from tests.helpers.engine import unique
 from tests.helpers.images import make_image, push_image
 from tests.helpers.kubeapi import FakeKubeAPI
 from tests.helpers.kubeobjects import write_kubeconfig_json
+from tests.helpers.reviews import pod, review_bytes
 
 NAMESPACE = "image-replicator"
 KEY = "registry.internal/mirror/app@sha256:" + "a" * 64
@@ -159,13 +159,6 @@ def test_without_permission_the_copy_goes_ahead_alone_and_the_log_names_the_perm
 # --- two webhooks replicating through one API server --------------------------------------
 
 
-def review(image: str) -> bytes:
-    return json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
-        "uid": uuid.uuid4().hex, "kind": {"group": "", "version": "v1", "kind": "Pod"}, "namespace": "shop",
-        "operation": "CREATE", "object": {"metadata": {"name": "p"},
-                                          "spec": {"containers": [{"name": "c", "image": image}]}}}}).encode()
-
-
 def replicating_webhook(api, tmp_path, source, target, name: str):
     environ = {"KUBECONFIG": str(write_kubeconfig_json(api, tmp_path / f"{name}.json")),
                "TARGET_REGISTRY": f"{target.host}/mirror", "INSECURE_REGISTRIES": f"{source.host},{target.host}",
@@ -184,12 +177,12 @@ def test_ten_admissions_of_a_new_image_split_across_two_replicas_copy_it_once(ap
     repo = unique("herd-two")
     push_image(registry_noauth, repo, "v1", make_image(layers=3, layer_size=500_000, seed=repo))
     replicas = [replicating_webhook(api, tmp_path, registry_noauth, with_target, f"replica-{n}") for n in "ab"]
+    workload = pod(f"{registry_noauth.host}/{repo}:v1", name="p", namespace="shop")
     mark = with_target.mark()
     try:
         with ThreadPoolExecutor(10) as pool:
             answers = list(pool.map(
-                lambda n: replicas[n % 2][1].handle(review(f"{registry_noauth.host}/{repo}:v1"), "application/json"),
-                range(10)))
+                lambda n: replicas[n % 2][1].handle(review_bytes(workload), "application/json"), range(10)))
     finally:
         for runtime, _ in replicas:
             runtime.checker.close()

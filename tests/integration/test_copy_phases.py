@@ -16,10 +16,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from imgrep.auth import push_scope
-from imgrep.copier import signature_tags
-from imgrep.errors import ManifestNotFound, RegistryError
-from imgrep.registry import Repo
+from imgrep.oci.auth import push_scope
+from imgrep.oci.io.copier import signature_tags
+from imgrep.errors import NotFound, RegistryError
+from imgrep.oci.reference import Repo
 from tests.helpers.engine import FAST_RETRY, Engine, target_manifest_missing, unique
 from tests.helpers.faultproxy import Fault, FaultProxy
 from tests.helpers.images import Image, Index, make_image, make_index, push_image
@@ -181,7 +181,7 @@ def test_upload_token_fetched_ahead_is_the_one_the_uploads_then_use(registry_noa
         before = len(tokens.requests)
         engine.client.authorize(target, scopes, time.monotonic() + 10)
         assert tokens.requests[before:] == []  # the registry's challenge is not known yet: nothing to do
-        with pytest.raises(ManifestNotFound):  # the copy's target check, which learns the challenge
+        with pytest.raises(NotFound):  # the copy's target check, which learns the challenge
             engine.client.resolve(target, "v1", time.monotonic() + 10)
 
         before = len(tokens.requests)

@@ -15,8 +15,8 @@ import tracemalloc
 import pytest
 
 from imgrep.errors import DigestMismatch, RegistryUnavailable
-from imgrep.registry import Repo
-from imgrep.retry import RetryPolicy
+from imgrep.oci.reference import Repo
+from imgrep.oci.retry import RetryPolicy
 from tests.helpers.engine import Engine, proxied_pair, unique
 from tests.helpers.faultproxy import Fault, FaultProxy
 from tests.helpers.images import make_image, make_index, push_blob, push_image

@@ -12,7 +12,6 @@ import hashlib
 import http.client
 import io
 import json
-import secrets
 import ssl
 import tarfile
 import threading
@@ -22,6 +21,7 @@ from urllib.parse import urlencode
 import pytest
 
 from tests.helpers.certs import issue_cert, make_ca_and_cert
+from tests.helpers.engine import unique
 from tests.helpers.images import (
     CHUNK_BYTES,
     RegistryClient,
@@ -48,10 +48,6 @@ MANIFEST_ACCEPT = ", ".join(
 
 def sha256_digest(data: bytes) -> str:
     return f"sha256:{hashlib.sha256(data).hexdigest()}"
-
-
-def new_repo() -> str:
-    return f"harness/{secrets.token_hex(4)}"
 
 
 def http_request(host: str, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
@@ -97,7 +93,7 @@ def registry(request: pytest.FixtureRequest) -> RegistryServer:
 
 
 def test_pushed_docker_image_reads_back_byte_identical(registry: RegistryServer) -> None:
-    repo = new_repo()
+    repo = unique("harness/repo")
     image = make_image(media="docker", layers=2, seed="docker")
 
     digest = push_image(registry, repo, "v1", image)
@@ -108,7 +104,7 @@ def test_pushed_docker_image_reads_back_byte_identical(registry: RegistryServer)
 
 
 def test_pushed_oci_index_reads_back_with_every_platform(registry: RegistryServer) -> None:
-    repo = new_repo()
+    repo = unique("harness/repo")
     index = make_index(platforms=[("linux", "amd64"), ("linux", "arm64")], shared_layer=True, media="oci")
     mark = registry.mark()
 
@@ -131,7 +127,7 @@ def test_pushed_oci_index_reads_back_with_every_platform(registry: RegistryServe
 
 
 def test_streamed_layer_is_a_gzipped_tar_of_the_stated_size(registry_noauth: RegistryServer) -> None:
-    repo = new_repo()
+    repo = unique("harness/repo")
     layer_size = 3 * CHUNK_BYTES + 17  # several chunks and a partial tar block
     image = make_image(media="oci", layers=1, layer_size=layer_size, seed="big")
     push_image(registry_noauth, repo, "big", image)
@@ -156,7 +152,7 @@ def test_images_are_reproducible_from_their_seed() -> None:
 
 
 def test_deleted_manifest_is_gone(registry_noauth: RegistryServer) -> None:
-    repo = new_repo()
+    repo = unique("harness/repo")
     digest = push_image(registry_noauth, repo, "doomed", make_image(seed="doomed"))
 
     delete_manifest(registry_noauth, repo, digest)
@@ -174,7 +170,7 @@ def test_basic_registry_refuses_a_wrong_password(registry_basic: RegistryServer)
     wrong = RegistryClient(registry_basic.host, (registry_basic.username, "not-the-password"))
     right = RegistryClient.for_target(registry_basic)
 
-    repo = new_repo()
+    repo = unique("harness/repo")
     push_image(right, repo, "v1", make_image(seed="basic"))
 
     assert wrong.request("GET", "/v2/").status == 401
@@ -226,14 +222,14 @@ def test_anonymous_pull_gets_pull_only_when_enabled() -> None:
 def test_registry_refuses_a_push_the_token_does_not_grant(registry_token: RegistryServer) -> None:
     reader = RegistryClient(registry_token.host, READER)
     with pytest.raises(UnexpectedStatus) as refused:
-        push_image(reader, new_repo(), "v1", make_image(seed="reader"))
+        push_image(reader, unique("harness/repo"), "v1", make_image(seed="reader"))
     assert refused.value.status == 401
 
 
 def test_registry_verifies_token_signatures(
     registry_token: RegistryServer, token_server: TokenServer, tmp_path
 ) -> None:
-    repo = new_repo()
+    repo = unique("harness/repo")
     push_image(registry_token, repo, "v1", make_image(seed="signed"))
     access = [{"type": "repository", "name": repo, "actions": ["pull"]}]
     impostor = SigningKey(tmp_path, "impostor")
@@ -252,7 +248,7 @@ def test_registry_verifies_token_signatures(
 def test_oauth_password_grant_gives_a_working_refresh_token(
     registry_token: RegistryServer, token_server: TokenServer
 ) -> None:
-    repo = new_repo()
+    repo = unique("harness/repo")
     push_image(registry_token, repo, "v1", make_image(seed="oauth"))
     scope = f"repository:{repo}:pull"
     form = {"service": token_server.service, "scope": scope, "client_id": "harness"}
@@ -299,7 +295,7 @@ def test_link_delays_requests_by_a_round_trip_and_a_new_connection_by_one_more(r
 
 
 def test_link_bandwidth_is_shared_by_all_its_connections(registry_noauth) -> None:
-    repo = new_repo()
+    repo = unique("harness/repo")
     image = make_image(layers=1, layer_size=1_000_000, seed="link")
     push_image(registry_noauth, repo, "v1", image)
     layer = image.layers[0]
@@ -328,7 +324,7 @@ def test_link_bandwidth_is_shared_by_all_its_connections(registry_noauth) -> Non
 
 
 def test_access_log_counts_the_requests_made_between_marks(registry_token: RegistryServer) -> None:
-    repo = new_repo()
+    repo = unique("harness/repo")
     image = make_image(seed="counted")
     push_image(registry_token, repo, "v1", image)
     client = RegistryClient.for_target(registry_token)
@@ -350,7 +346,7 @@ def test_access_log_counts_the_requests_made_between_marks(registry_token: Regis
 
 def test_restart_keeps_storage_and_port() -> None:
     with RegistryServer() as registry:
-        repo = new_repo()
+        repo = unique("harness/repo")
         digest = push_image(registry, repo, "v1", make_image(seed="restart"))
         host = registry.host
 

@@ -2,7 +2,7 @@
 
 The webhook is built in-process the way ``serve`` builds it (``build_runtime`` and
 ``open_inventory``), and ``GET /images`` is answered by the same route through
-``App.dispatch``, query string included.
+``Router.dispatch``, query string included.
 """
 
 from __future__ import annotations
@@ -19,49 +19,20 @@ from pathlib import Path
 
 import pytest
 
-from imgrep import inventory_store
-from imgrep.cli import build_runtime, images_route, open_inventory
+from imgrep.inventory.io import store as inventory_store
+from imgrep.cli import build_runtime, open_inventory
 from imgrep.config import load_config
 from imgrep.errors import ConfigError
-from imgrep.logs import Logger
-from imgrep.server import App
-from imgrep.webhook import Webhook
+from imgrep.observe.io.logs import Logger
+from imgrep.serve.endpoints import images_route
+from imgrep.serve.routes import Request, Router
+from imgrep.admission.io.service import Webhook
+from tests.helpers.engine import unique
 from tests.helpers.images import make_image, push_image
 from tests.helpers.registry import RegistryServer
+from tests.helpers.reviews import review_bytes, workload
 
 ROOT = Path(__file__).resolve().parents[2]
-#: where each kind keeps its pod spec
-POD_SPEC_PATHS = {
-    "Pod": ("spec",),
-    "Deployment": ("spec", "template", "spec"),
-    "DaemonSet": ("spec", "template", "spec"),
-    "CronJob": ("spec", "jobTemplate", "spec", "template", "spec"),
-}
-
-
-def workload(kind: str, namespace: str, images: list[str], *, init: list[str] = (),
-             labels: dict[str, str] | None = None) -> dict:
-    pod_spec: dict = {"containers": [{"name": f"c{i}", "image": image} for i, image in enumerate(images)]}
-    if init:
-        pod_spec["initContainers"] = [{"name": f"i{i}", "image": image} for i, image in enumerate(init)]
-    obj: dict = {"kind": kind, "metadata": {"name": "app", "namespace": namespace, "labels": labels or {}}}
-    holder = obj
-    *parents, last = POD_SPEC_PATHS[kind]
-    for key in parents:
-        holder = holder.setdefault(key, {})
-    holder[last] = pod_spec
-    return obj
-
-
-def review(obj: dict, *, operation: str = "CREATE", old: dict | None = None) -> bytes:
-    return json.dumps({
-        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-        "request": {"uid": uuid.uuid4().hex, "kind": {"group": "", "version": "v1", "kind": obj["kind"]},
-                    "namespace": obj["metadata"]["namespace"], "operation": operation,
-                    "object": obj, "oldObject": old},
-    }).encode()
-
-
 class Admissions:
     """A webhook with its inventory, built from ``environ`` the way ``serve`` builds them."""
 
@@ -72,15 +43,15 @@ class Admissions:
         self.inventory, self.store = open_inventory(self.runtime)
         self.webhook = Webhook(self.runtime.config, self.runtime.checker, self.runtime.telemetry, self.runtime.logger,
                                inventory=self.inventory, inventory_store=self.store)
-        self.app = App({("GET", "/images"): images_route(self.inventory)}, self.runtime.logger)
+        self.app = Router({("GET", "/images"): images_route(self.inventory)})
 
     def admit(self, obj: dict, **options) -> dict:
-        status, body = self.webhook.handle(review(obj, **options), "application/json")
+        status, body = self.webhook.handle(review_bytes(obj, **options), "application/json")
         assert status == 200, body
         return json.loads(body)["response"]
 
     def get(self, query: str = "") -> tuple[int, str, bytes]:
-        return self.app.dispatch("GET", "/images" + (f"?{query}" if query else ""), b"", {})
+        return self.app.dispatch(Request("GET", "/images", query))
 
     def images(self, query: str = "") -> list[dict]:
         status, content_type, body = self.get(query)
@@ -116,7 +87,7 @@ def start(registry_noauth):
 @pytest.fixture(scope="module")
 def present(registry_noauth) -> tuple[str, str]:
     """(reference, digest) of an image that exists."""
-    repository = f"inventory/{uuid.uuid4().hex[:8]}"
+    repository = unique("inventory/app")
     digest = push_image(registry_noauth, repository, "v1", make_image(seed=repository))
     return f"{registry_noauth.host}/{repository}:v1", digest
 
@@ -133,10 +104,10 @@ def test_mixed_kinds_and_namespaces_give_the_expected_entries_and_filters(start,
     image, digest = present
     gone, cni, skipped = absent(registry_noauth), absent(registry_noauth), absent(registry_noauth)
 
-    assert admissions.admit(workload("Deployment", "shop", [image]))["allowed"] is True
-    denied = admissions.admit(workload("CronJob", "batch", [image], init=[gone]))
-    assert admissions.admit(workload("DaemonSet", "kube-system", [cni, "Not/Valid"]))["allowed"] is True
-    assert admissions.admit(workload("Pod", "default", [skipped],
+    assert admissions.admit(workload("Deployment", [image], namespace="shop"))["allowed"] is True
+    denied = admissions.admit(workload("CronJob", [image], namespace="batch", init=[gone]))
+    assert admissions.admit(workload("DaemonSet", [cni, "Not/Valid"], namespace="kube-system"))["allowed"] is True
+    assert admissions.admit(workload("Pod", [skipped], namespace="default",
                                      labels={"image-replicator.io/skip": "true"}))["allowed"] is True
 
     assert denied["allowed"] is False and gone in denied["status"]["message"]
@@ -167,8 +138,8 @@ def test_mixed_kinds_and_namespaces_give_the_expected_entries_and_filters(start,
 def test_csv_lists_the_same_entries_with_a_header_row(start, registry_noauth, present):
     admissions = start()
     image, digest = present
-    admissions.admit(workload("Pod", "shop", [image]))
-    admissions.admit(workload("Pod", "kube-system", [image]))
+    admissions.admit(workload("Pod", [image], namespace="shop"))
+    admissions.admit(workload("Pod", [image], namespace="kube-system"))
 
     status, content_type, body = admissions.get("format=csv&namespace=shop")
 
@@ -188,11 +159,11 @@ def test_a_bad_query_is_a_400_that_says_why(start):
 def test_an_update_records_images_already_running_without_downgrading_them(start, registry_noauth, present):
     admissions = start()
     image, _ = present
-    admissions.admit(workload("Deployment", "shop", [image]))
+    admissions.admit(workload("Deployment", [image], namespace="shop"))
     added = absent(registry_noauth)
 
-    admissions.admit(workload("Deployment", "shop", [image, added]), operation="UPDATE",
-                     old=workload("Deployment", "shop", [image]))
+    admissions.admit(workload("Deployment", [image, added], namespace="shop"), operation="UPDATE",
+                     old=workload("Deployment", [image], namespace="shop"))
 
     entries = admissions.by_image()
     assert (entries[image]["status"], entries[image]["count"]) == ("exists", 2)
@@ -215,7 +186,7 @@ def test_eviction_at_the_bound_is_counted_in_metrics(start, registry_noauth):
     admissions = start(INVENTORY_MAX="2")
     first, second, third = (absent(registry_noauth) for _ in range(3))
     for image in (first, second, third):
-        admissions.admit(workload("Pod", "kube-system", [image]))
+        admissions.admit(workload("Pod", [image], namespace="kube-system"))
 
     assert set(admissions.by_image()) == {second, third}
     metrics = admissions.runtime.telemetry.render().decode()
@@ -231,8 +202,8 @@ def test_a_restart_with_the_file_keeps_the_history(start, tmp_path, registry_noa
     first = start(INVENTORY_FILE=str(path))
     image, _ = present
     cni = absent(registry_noauth)
-    first.admit(workload("Deployment", "shop", [image]))
-    first.admit(workload("DaemonSet", "kube-system", [cni, image]))
+    first.admit(workload("Deployment", [image], namespace="shop"))
+    first.admit(workload("DaemonSet", [cni, image], namespace="kube-system"))
     before = first.images()
     first.close()
 
@@ -240,7 +211,7 @@ def test_a_restart_with_the_file_keeps_the_history(start, tmp_path, registry_noa
 
     assert second.images() == before
     assert "\nimgrep_inventory_images 2\n" in second.runtime.telemetry.render().decode()
-    second.admit(workload("Pod", "blog", [image]))
+    second.admit(workload("Pod", [image], namespace="blog"))
     entry = second.by_image()[image]
     assert (entry["count"], entry["namespaces"], entry["first_seen"]) == (
         3, ["blog", "kube-system", "shop"], {i["image"]: i for i in before}[image]["first_seen"])
@@ -250,7 +221,7 @@ def test_a_torn_last_line_is_skipped_and_the_file_repaired(start, tmp_path, regi
     path = tmp_path / "inventory.jsonl"
     first = start(INVENTORY_FILE=str(path))
     image, _ = present
-    first.admit(workload("Pod", "shop", [image]))
+    first.admit(workload("Pod", [image], namespace="shop"))
     before = first.images()
     first.close()
     with open(path, "ab") as file:  # a crash in the middle of the next write
@@ -261,7 +232,7 @@ def test_a_torn_last_line_is_skipped_and_the_file_repaired(start, tmp_path, regi
     assert second.images() == before
     (loaded,) = [r for r in second.log_records() if r["event"] == "inventory_loaded"]
     assert (loaded["level"], loaded["skipped_lines"], loaded["entries"]) == ("warning", 1, 1)
-    second.admit(workload("Pod", "blog", [image]))
+    second.admit(workload("Pod", [image], namespace="blog"))
     second.close()
     lines = path.read_text().splitlines()
     assert all(json.loads(line)["image"] == image for line in lines)
@@ -275,7 +246,7 @@ def test_garbled_lines_anywhere_are_skipped_and_counted(start, tmp_path, registr
     first = start(INVENTORY_FILE=str(path))
     kept = [absent(registry_noauth) for _ in range(2)]
     for image in kept:
-        first.admit(workload("Pod", "kube-system", [image]))
+        first.admit(workload("Pod", [image], namespace="kube-system"))
     first.close()
     good = path.read_bytes().splitlines(keepends=True)
     path.write_bytes(b"not json\n" + good[0] + b"\xff\xfe\x00\n" + b'{"image": "x"}\n' + good[1])
@@ -293,7 +264,7 @@ def test_the_file_is_compacted_when_it_grows_past_its_bound(start, tmp_path, reg
     images = [absent(registry_noauth) for _ in range(3)]
     longest = 0
     for round_number in range(10):
-        admissions.admit(workload("Pod", "kube-system", images))
+        admissions.admit(workload("Pod", images, namespace="kube-system"))
         longest = max(longest, len(path.read_text().splitlines()))
     admissions.close()
 
@@ -322,12 +293,12 @@ def test_a_file_that_fails_to_write_never_fails_admission_and_is_rewritten_later
     monkeypatch.setattr(inventory_store.tempfile, "mkstemp", disk_full)  # a rewrite fails too
     images = [absent(registry_noauth) for _ in range(3)]
     for image in images[:2]:
-        assert admissions.admit(workload("Pod", "kube-system", [image]))["allowed"] is True
+        assert admissions.admit(workload("Pod", [image], namespace="kube-system"))["allowed"] is True
     failures = [r for r in admissions.log_records() if r["event"] == "inventory_write_failed"]
     assert len(failures) == 1 and "No space left" in failures[0]["error"]
 
     monkeypatch.undo()  # space again: the next admission rewrites the file whole
-    admissions.admit(workload("Pod", "kube-system", [images[2]]))
+    admissions.admit(workload("Pod", [images[2]], namespace="kube-system"))
 
     assert {json.loads(line)["image"] for line in path.read_text().splitlines()} == set(images)
     assert [r["event"] for r in admissions.log_records()][-2:] == ["inventory_write_recovered", "admission"]
@@ -370,7 +341,7 @@ def test_audit_mode_allows_a_missing_image_with_a_warning_naming_it(start, regis
     admissions = start(MODE="audit")
     gone = absent(registry_noauth)
 
-    response = admissions.admit(workload("Deployment", "shop", [gone]))
+    response = admissions.admit(workload("Deployment", [gone], namespace="shop"))
 
     assert response["allowed"] is True
     (warning,) = response["warnings"]

@@ -10,9 +10,9 @@ import time
 import pytest
 
 from imgrep.errors import ConfigError
-from imgrep.kube_api import LEASES, PODS, SECRETS, KubeConflict, KubeForbidden, KubeUnauthorized, KubeUnavailable
-from imgrep.kube_client import KubeClient, connect
-from imgrep.kube_config import ClusterAccess, KubeSettings
+from imgrep.kube.api import LEASES, PODS, SECRETS, KubeConflict, KubeForbidden, KubeUnauthorized, KubeUnavailable
+from imgrep.kube.io.client import KubeClient, connect
+from imgrep.kube.config import ClusterAccess, KubeSettings
 from tests.helpers.binaries import require_binary
 from tests.helpers.kubeapi import FakeKubeAPI
 

@@ -6,37 +6,32 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import uuid
 
 import pytest
 
 from imgrep.cli import build_runtime, cluster_features
 from imgrep.config import load_config
-from imgrep.logs import Logger
-from imgrep.tenant_credentials import PERMISSIONS
-from imgrep.webhook import Webhook
+from imgrep.observe.io.logs import Logger
+from imgrep.admission.io.tenant_credentials import PERMISSIONS
+from imgrep.admission.io.service import Webhook
 from tests.helpers.engine import unique
 from tests.helpers.images import make_image, push_image
 from tests.helpers.kubeapi import FakeKubeAPI
 from tests.helpers.kubeobjects import b64, pull_secret, write_kubeconfig_json
+from tests.helpers.reviews import pod_spec, review_bytes, workload
 from tests.helpers.skopeo import inspect_raw
 
 ACCOUNT = "system:serviceaccount:image-replicator:image-replicator"
 
 
 def review(kind: str, namespace: str, image: str, *, secrets: tuple[str, ...] = (), account: str = "") -> bytes:
-    spec: dict = {"containers": [{"name": "app", "image": image}]}
+    """A ``kind`` in ``namespace`` running ``image``, naming pull ``secrets`` and a service ``account`` if given."""
+    fields: dict = {}
     if secrets:
-        spec["imagePullSecrets"] = [{"name": name} for name in secrets]
+        fields["imagePullSecrets"] = [{"name": name} for name in secrets]
     if account:
-        spec["serviceAccountName"] = account
-    obj = {"metadata": {"name": "app", "namespace": namespace}, "spec": spec}
-    if kind == "Deployment":
-        obj["spec"] = {"selector": {"matchLabels": {"app": "a"}}, "template": {"spec": spec}}
-    group = "apps" if kind == "Deployment" else ""
-    return json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
-        "uid": uuid.uuid4().hex, "kind": {"group": group, "version": "v1", "kind": kind},
-        "namespace": namespace, "operation": "CREATE", "object": obj}}).encode()
+        fields["serviceAccountName"] = account
+    return review_bytes(workload(kind, spec=pod_spec([image], **fields), namespace=namespace))
 
 
 class Cluster:

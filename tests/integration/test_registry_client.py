@@ -23,13 +23,15 @@ from urllib.parse import urlencode
 
 import pytest
 
-from imgrep.credentials import CredentialStore
-from imgrep.errors import (DigestMismatch, ForbiddenRegistry, ManifestNotFound, RegistryProtocolError,
+from imgrep.oci.credentials import CredentialStore
+from imgrep.errors import (DigestMismatch, ForbiddenRegistry, NotFound, RegistryProtocolError,
                            RegistryUnavailable, Unauthorized, UnsupportedManifest)
-from imgrep.registry import RegistryClient, Repo
-from imgrep.transport import Transport
+from imgrep.oci.io.registry import RegistryClient
+from imgrep.oci.reference import Repo
+from imgrep.oci.io.transport import Transport
 from tests.helpers.certs import make_ca_and_cert
 from tests.helpers.clock import MovableClock
+from tests.helpers.engine import unique
 from tests.helpers.faultproxy import FaultProxy
 from tests.helpers.images import Image, Index, make_image, make_index, push_image
 from tests.helpers.peer import DROP, Reply, ScriptedPeer, Seen, forward
@@ -95,13 +97,9 @@ def client_for(connect, registry: RegistryServer, credentials: tuple[str, str] |
     return connect(registry.host, environ=credentials_env(registry.host, credentials), **options)
 
 
-def new_repo(prefix: str = "client") -> str:
-    return f"{prefix}/{secrets.token_hex(4)}"
-
-
 def pushed(registry: RegistryServer, image: Image | Index, tag: str = "v1") -> str:
     """Push ``image`` as ``tag`` to a new repository; the repository."""
-    repository = new_repo()
+    repository = unique("client/repo")
     push_image(registry, repository, tag, image)
     return repository
 
@@ -164,12 +162,12 @@ def test_missing_tag_and_digest_are_manifest_not_found(request, connect, mode: s
     under_test = client_for(connect, registry)
 
     for identifier in ("no-such-tag", absent_digest):
-        with pytest.raises(ManifestNotFound) as caught:
+        with pytest.raises(NotFound) as caught:
             under_test.resolve(registry.host, repository, identifier)
         assert caught.value.status == 404
         assert caught.value.reason == "not found"
-    with pytest.raises(ManifestNotFound):
-        under_test.resolve(registry.host, new_repo("never-pushed"), "v1")
+    with pytest.raises(NotFound):
+        under_test.resolve(registry.host, unique("client/never-pushed"), "v1")
 
 
 @pytest.mark.parametrize("mode", ["registry_basic", "registry_token"])

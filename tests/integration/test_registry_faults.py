@@ -8,7 +8,7 @@ import time
 import pytest
 
 from imgrep.errors import DigestMismatch
-from imgrep.registry import Repo
+from imgrep.oci.reference import Repo
 from tests.helpers.engine import (FAST_RETRY, copy_until_interrupted, proxied_pair, target_manifest_missing,
                                   trickling_image, unique)
 from tests.helpers.faultproxy import Fault

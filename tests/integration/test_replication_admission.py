@@ -6,35 +6,22 @@ import hashlib
 import io
 import json
 import subprocess
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from imgrep.cli import build_runtime
 from imgrep.config import load_config
-from imgrep.logs import Logger
-from imgrep.webhook import Webhook
+from imgrep.observe.io.logs import Logger
+from imgrep.admission.io.service import Webhook
 from tests.helpers.binaries import require_binary
 from tests.helpers.clock import wait_until
 from tests.helpers.engine import unique
 from tests.helpers.faultproxy import Fault, FaultProxy
 from tests.helpers.images import make_image, push_image
 from tests.helpers.registry import RegistryServer
+from tests.helpers.reviews import pod, review_bytes
 from tests.helpers.skopeo import inspect_raw
-
-
-def review(*images: str, dry_run: bool = False, namespace: str = "default") -> bytes:
-    return json.dumps({
-        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-        "request": {
-            "uid": uuid.uuid4().hex, "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": namespace, "operation": "CREATE", "dryRun": dry_run,
-            "object": {"metadata": {"name": "p"},
-                       "spec": {"containers": [{"name": f"c{i}", "image": image} for i, image in enumerate(images)]}},
-        },
-    }).encode()
 
 
 class Admission:
@@ -58,8 +45,8 @@ class Admission:
         self.webhook = Webhook(self.runtime.config, self.runtime.checker, self.runtime.telemetry,
                                Logger("json", stream=self.log), replicator=self.runtime.replicator)
 
-    def admit(self, *images: str, **options) -> dict:
-        status, body = self.webhook.handle(review(*images, **options), "application/json")
+    def admit(self, *images: str, dry_run: bool = False) -> dict:
+        status, body = self.webhook.handle(review_bytes(pod(*images), dry_run=dry_run), "application/json")
         assert status == 200
         return json.loads(body)["response"]
 

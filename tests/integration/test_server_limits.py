@@ -14,12 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from imgrep.logs import Logger
-from imgrep.server import (
+from imgrep.observe.io.logs import Logger
+from imgrep.serve.routes import Router
+from imgrep.serve.io.http import (
     HEAD_TIMEOUT,
     IDLE_TIMEOUT,
     REAP_SLACK,
-    App,
     CertificateReloader,
     HttpServer,
     Lifecycle,
@@ -55,14 +55,14 @@ class Servers:
         self.release = threading.Event()
         self.started: list[HttpServer] = []
 
-    def slow(self, body, headers):
+    def slow(self, request):
         self.release.wait(10)
         return 200, "application/json", b'{"slow": true}'
 
     def start(self, *, tls: bool = False, max_connections: int = 16, timeouts: Timeouts = Timeouts()) -> HttpServer:
         logger = Logger(stream=io.StringIO())
-        app = App({("GET", "/ok"): lambda body, headers: (200, "application/json", b'{"ok": true}'),
-                   ("GET", "/slow"): self.slow}, logger)
+        app = Router({("GET", "/ok"): lambda request: (200, "application/json", b'{"ok": true}'),
+                      ("GET", "/slow"): self.slow})
         certificates = CertificateReloader(str(self.certs.cert), str(self.certs.key), logger) if tls else None
         server = HttpServer(("127.0.0.1", 0), app, logger, Lifecycle(ready=True), certificates=certificates,
                             max_connections=max_connections, timeouts=timeouts)

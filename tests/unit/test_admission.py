@@ -6,64 +6,26 @@ import json
 
 import pytest
 
-from imgrep.admission import MAX_BODY_BYTES, SKIP_LABEL, WORKLOAD_KINDS, decode_review, encode_response, extract_images
+from imgrep.admission.review import MAX_BODY_BYTES, SKIP_LABEL, WORKLOAD_KINDS, decode_review, encode_response, extract_images
 from imgrep.errors import BadAdmissionReview
+from tests.helpers import reviews
+from tests.helpers.reviews import KINDS, V1, V1BETA1, pod_spec, review_bytes
 
-V1, V1BETA1 = "admission.k8s.io/v1", "admission.k8s.io/v1beta1"
-
-
-def pod_spec(containers=(), init=(), ephemeral=()) -> dict:
-    spec: dict = {"containers": [{"name": f"c{i}", "image": image} for i, image in enumerate(containers)]}
-    if init:
-        spec["initContainers"] = [{"name": f"i{i}", "image": image} for i, image in enumerate(init)]
-    if ephemeral:
-        spec["ephemeralContainers"] = [{"name": f"e{i}", "image": image} for i, image in enumerate(ephemeral)]
-    return spec
+#: the uid of every review here, as in the Kubernetes documentation's example
+UID = "705ab4f5-6393-11e8-b7cc-42010a800002"
 
 
-def template(spec: dict) -> dict:
-    return {"metadata": {"labels": {"app": "web"}}, "spec": spec}
+def workload(kind: str, spec: dict, labels: dict | None = None) -> dict:
+    """shop/web, a ``kind`` whose pod spec is ``spec``."""
+    return reviews.workload(kind, spec=spec, name="web", namespace="shop", labels=labels)
 
 
-#: each kind with its pod spec where the API server puts it
-WRAP = {
-    "Pod": lambda spec: {"spec": spec},
-    "PodTemplate": lambda spec: {"template": template(spec)},
-    "Deployment": lambda spec: {"spec": {"replicas": 2, "template": template(spec)}},
-    "StatefulSet": lambda spec: {"spec": {"serviceName": "web", "template": template(spec)}},
-    "DaemonSet": lambda spec: {"spec": {"template": template(spec)}},
-    "ReplicaSet": lambda spec: {"spec": {"template": template(spec)}},
-    "ReplicationController": lambda spec: {"spec": {"template": template(spec)}},
-    "Job": lambda spec: {"spec": {"backoffLimit": 1, "template": template(spec)}},
-    "CronJob": lambda spec: {"spec": {"schedule": "* * * * *", "jobTemplate": {"spec": {"template": template(spec)}}}},
-}
-
-
-def workload(kind: str, spec: dict, name: str = "web", namespace: str = "shop", labels: dict | None = None) -> dict:
-    obj = {"apiVersion": "v1", "kind": kind, "metadata": {"name": name, "namespace": namespace}} | WRAP[kind](spec)
-    if labels:
-        obj["metadata"]["labels"] = labels
-    return obj
-
-
-def review(obj: dict | None, *, kind: str = "Pod", api_version: str = V1, operation: str = "CREATE",
-           old: dict | None = None, **request_fields) -> bytes:
-    request = {
-        "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
-        "kind": {"group": "", "version": "v1", "kind": kind},
-        "resource": {"group": "", "version": "v1", "resource": kind.lower() + "s"},
-        "operation": operation,
-        "namespace": "shop",
-        "name": "web",
-        "object": obj,
-        "oldObject": old,
-        "dryRun": False,
-    } | request_fields
-    return json.dumps({"apiVersion": api_version, "kind": "AdmissionReview", "request": request}).encode()
+def review(obj: dict | None, **options) -> bytes:
+    return review_bytes(obj, uid=UID, **options)
 
 
 def test_spec_kinds_are_all_known():
-    assert WORKLOAD_KINDS == set(WRAP) | {"EphemeralContainers"}
+    assert WORKLOAD_KINDS == set(KINDS) | {"EphemeralContainers"}
 
 
 def test_pre_1_22_ephemeral_containers_kind_is_checked():
@@ -72,9 +34,9 @@ def test_pre_1_22_ephemeral_containers_kind_is_checked():
     assert request.images == ("busybox:1",)
 
 
-@pytest.mark.parametrize("kind", sorted(WRAP))
+@pytest.mark.parametrize("kind", sorted(KINDS))
 def test_every_kind_yields_images_of_all_three_container_lists(kind):
-    spec = pod_spec(containers=["app:1", "sidecar:2"], init=["migrate:3"], ephemeral=["busybox:4"])
+    spec = pod_spec(["app:1", "sidecar:2"], init=["migrate:3"], ephemeral=["busybox:4"])
     request = decode_review(review(workload(kind, spec), kind=kind))
     assert request.kind == kind
     assert request.images == ("migrate:3", "app:1", "sidecar:2", "busybox:4")
@@ -82,7 +44,7 @@ def test_every_kind_yields_images_of_all_three_container_lists(kind):
 
 
 def test_repeated_images_are_checked_once():
-    spec = pod_spec(containers=["app:1", "app:1"], init=["app:1"])
+    spec = pod_spec(["app:1", "app:1"], init=["app:1"])
     assert decode_review(review(workload("Pod", spec))).images == ("app:1",)
 
 
@@ -115,7 +77,7 @@ def test_fields_of_the_request(api_version):
     obj = workload("Deployment", pod_spec(["app:1"]), labels={SKIP_LABEL: "true"})
     request = decode_review(review(obj, kind="Deployment", api_version=api_version, dryRun=True))
     assert request.api_version == api_version
-    assert request.uid == "705ab4f5-6393-11e8-b7cc-42010a800002"
+    assert request.uid == UID
     assert (request.kind, request.operation, request.namespace, request.name) == ("Deployment", "CREATE", "shop", "web")
     assert request.dry_run is True
     assert request.skip_label is True
@@ -130,7 +92,7 @@ def test_only_the_string_true_skips(value):
 
 def test_name_and_namespace_fall_back_to_the_object_and_generate_name():
     obj = {"metadata": {"generateName": "web-7d4b9-", "namespace": "shop"}, "spec": pod_spec(["app:1"])}
-    request = decode_review(review(obj, name=None, namespace=None))
+    request = decode_review(review(obj, kind="Pod", name=None, namespace=None))
     assert (request.namespace, request.name) == ("shop", "web-7d4b9-")
 
 

@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, parse_qsl, urlsplit
 
 import pytest
 
-from imgrep.auth import (
+from imgrep.oci.auth import (
     DEFAULT_TOKEN_LIFETIME,
     Token,
     TokenCache,
@@ -18,9 +18,9 @@ from imgrep.auth import (
     push_scope,
     token_request,
 )
-from imgrep.credentials import Credential
+from imgrep.oci.credentials import Credential
 from imgrep.errors import RegistryProtocolError
-from imgrep.protocol import Challenge
+from imgrep.oci.protocol import Challenge
 
 REALM = "https://auth.example.com/token"
 CHALLENGE = Challenge("bearer", {"realm": REALM, "service": "registry.example.com"})

@@ -12,11 +12,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from imgrep.auth import (Asker, ChallengeCache, Token, TokenCache, TokenFetch, auth_flow, basic_header,
+from imgrep.oci.auth import (Asker, ChallengeCache, Token, TokenCache, TokenFetch, auth_flow, basic_header,
                          prefetch_flow, pull_scope, token_from_answer)
-from imgrep.credentials import Credential
+from imgrep.oci.credentials import Credential
 from imgrep.errors import RegistryProtocolError, RegistryUnavailable, Unauthorized
-from imgrep.protocol import Answer, Challenge, Request
+from imgrep.oci.protocol import Answer, Challenge, Request
 
 REGISTRY = "registry.example"
 URL = f"https://{REGISTRY}/v2/team/app/manifests/v1"

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from imgrep.bulkhead import MAX_WAITING_PER_REGISTRY, Bulkhead
+from imgrep.oci.io.bulkhead import MAX_WAITING_PER_REGISTRY, Bulkhead
 from imgrep.errors import RegistryUnavailable
 
 #: generous bound for a thread hand-off on a loaded machine

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from imgrep.cache import TTLCache
+from imgrep.admission.cache import TTLCache
 
 NOW = 1000.0
 

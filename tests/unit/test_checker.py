@@ -7,12 +7,13 @@ import time
 
 import pytest
 
-from imgrep.cache import NEGATIVE_TTL_SECONDS
-from imgrep.checker import ImageChecker
-from imgrep.errors import DigestMismatch, ManifestNotFound, RegistryUnavailable, Unauthorized
-from imgrep.protocol import OCI_MANIFEST
-from imgrep.registry import ManifestInfo, Repo
-from imgrep.results import ERROR, EXISTS, MISSING
+from imgrep.admission.cache import NEGATIVE_TTL_SECONDS
+from imgrep.admission.io.checker import ImageChecker
+from imgrep.errors import DigestMismatch, NotFound, RegistryUnavailable, Unauthorized
+from imgrep.oci.protocol import OCI_MANIFEST
+from imgrep.oci.io.registry import ManifestInfo
+from imgrep.oci.reference import Repo
+from imgrep.oci.results import ERROR, EXISTS, MISSING
 from tests.helpers.clock import FakeClock
 
 TAG_DIGEST = "sha256:" + "1" * 64
@@ -43,7 +44,7 @@ class FakeRegistry:
         if isinstance(answer, Exception):
             raise answer
         if answer is None:
-            raise ManifestNotFound(repo.registry, "manifest unknown", repository=repo.repository, status=404)
+            raise NotFound(repo.registry, "manifest unknown", repository=repo.repository, status=404)
         return ManifestInfo(answer, OCI_MANIFEST, 1234)
 
 
@@ -184,7 +185,7 @@ def test_spellings_of_one_reference_share_a_cache_entry(make_checker, clock):
 def test_invalid_reference_is_an_error_naming_it_without_asking_a_registry(make_checker, image):
     registry = FakeRegistry()
     result = check(make_checker(registry), image)
-    assert (result.image, result.status, result.reason, result.registry) == (image, ERROR, "invalid reference",
+    assert (result.image, result.status, result.reason, result.registry_label) == (image, ERROR, "invalid reference",
                                                                               "invalid")
     assert "invalid image reference" in result.detail
     assert registry.calls == []

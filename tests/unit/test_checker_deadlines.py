@@ -5,10 +5,11 @@ from __future__ import annotations
 import threading
 import time
 
-from imgrep.checker import CHECK_WORKERS_PER_REGISTRY, ImageChecker
-from imgrep.protocol import OCI_MANIFEST
-from imgrep.registry import ManifestInfo, Repo
-from imgrep.results import ERROR, EXISTS
+from imgrep.admission.io.checker import CHECK_WORKERS_PER_REGISTRY, ImageChecker
+from imgrep.oci.protocol import OCI_MANIFEST
+from imgrep.oci.io.registry import ManifestInfo
+from imgrep.oci.reference import Repo
+from imgrep.oci.results import ERROR, EXISTS
 
 DIGEST = "sha256:" + "3" * 64
 SLOW, HEALTHY = "slow.example", "healthy.example"

@@ -8,9 +8,13 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from imgrep import aws, azure, gcp
-from imgrep.cloud import EcrRepositorySettings
-from imgrep.sigv4 import AwsCredentials
+from imgrep.cloud import aws
+
+from imgrep.cloud import azure
+
+from imgrep.cloud import gcp
+from imgrep.cloud.selection import EcrRepositorySettings
+from imgrep.cloud.sigv4 import AwsCredentials
 
 STS_ANSWER = b"""<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
   <AssumeRoleWithWebIdentityResult>

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -32,7 +33,7 @@ def test_defaults_follow_the_spec():
     assert config.target is None and config.target_include_registry is False
     assert config.mode == "enforce"
     assert config.admission_budget_seconds == 8.0
-    assert config.replication_timeout_seconds == 240.0
+    assert config.registry_timeout_seconds == 240.0
     assert config.registry_error_policy == "deny"
     assert config.cache_ttl_seconds == 300.0
     assert config.excluded_namespaces == frozenset(DEFAULT_EXCLUDED_NAMESPACES)
@@ -77,7 +78,7 @@ GOOD = [
     ("MODE", "Enforce", "mode", "enforce"),
     ("ADMISSION_BUDGET_SECONDS", "2.5", "admission_budget_seconds", 2.5),
     ("ADMISSION_BUDGET_SECONDS", "30", "admission_budget_seconds", 30.0),
-    ("REGISTRY_TIMEOUT", "60000", "replication_timeout_seconds", 60.0),
+    ("REGISTRY_TIMEOUT", "60000", "registry_timeout_seconds", 60.0),
     ("REGISTRY_ERROR_POLICY", "allow", "registry_error_policy", "allow"),
     ("REGISTRY_ERROR_POLICY", "deny", "registry_error_policy", "deny"),
     ("CACHE_TTL_SECONDS", "0", "cache_ttl_seconds", 0.0),
@@ -230,8 +231,18 @@ def test_summary_says_where_credentials_came_from():
         "registry.example.com": "DEFAULT_REGISTRY_* (fallback)",
         "registry.gitlab.com": "REGISTRY_GITLAB_* (token)",
     }
-    assert summary["tls"] == "/certs/tls.crt"
-    assert load({"SKIP_TLS": "true"}).summary()["tls"] == "off"
+    assert (summary["tls_cert_path"], summary["skip_tls"]) == ("/certs/tls.crt", False)
+    assert load({"SKIP_TLS": "true"}).summary()["skip_tls"] is True
+
+
+def test_the_summary_shows_every_field_so_none_is_forgotten():
+    config = config_with_every_kind_of_secret()
+    summary = config.summary()
+    assert list(summary) == [item.name for item in dataclasses.fields(Config)]
+    json.dumps(summary)  # fit for a JSON log line
+    assert summary["registry_timeout_seconds"] == config.registry_timeout_seconds
+    assert summary["excluded_namespaces"] == sorted(config.excluded_namespaces)
+    assert summary["kube"]["pull_secrets"] is True and summary["request_retry"]["attempts"] >= 1
 
 
 @pytest.mark.parametrize(("environ", "expected"), [

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from imgrep.cloud import ECR, GCP, route
+from imgrep.cloud.selection import ECR, GCP, route
 from imgrep.config import Config, load_config
 from imgrep.errors import ConfigError
 
@@ -31,7 +31,7 @@ def load(environ: dict[str, str]) -> Config:
 def test_no_cloud_variables_means_no_provider():
     cloud = load({}).cloud
     assert not cloud.active and cloud.aws.identity is None and not cloud.gcp.enabled
-    assert load({}).summary()["registry_providers"] == {"identities": {}, "registries": {}, "patterns": {}}
+    assert load({}).summary()["cloud"] == {"identities": {}, "registries": {}, "patterns": {}}
 
 
 def test_irsa_turns_on_ecr_for_ecr_hosts_with_documented_defaults():
@@ -112,7 +112,7 @@ def test_the_start_up_summary_names_the_targets_provider_and_no_secret():
     config = load({**IRSA, **AZURE, "AWS_ACCESS_KEY_ID": "AKIDSTATIC", "AWS_SECRET_ACCESS_KEY": "static-secret",
                    "AWS_SESSION_TOKEN": "session-secret", "TARGET_REGISTRY": "123456789012.dkr.ecr.eu-west-1."
                    "amazonaws.com/mirror", "REGISTRY_PROVIDERS": "gcp,registry.internal:5000=ecr"})
-    providers = config.summary()["registry_providers"]
+    providers = config.summary()["cloud"]
     assert providers["registries"] == {"123456789012.dkr.ecr.eu-west-1.amazonaws.com": "ecr (eu-west-1)",
                                        "registry.internal:5000": "ecr (eu-west-1)"}
     assert set(providers["patterns"].values()) == {"ecr", "gcp", "acr"}

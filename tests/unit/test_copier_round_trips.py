@@ -17,14 +17,15 @@ import time
 
 import pytest
 
-from imgrep.auth import push_scope
-from imgrep.bulkhead import Bulkhead
-from imgrep.copier import Copier, signature_tags
-from imgrep.errors import ManifestNotFound, RegistryUnavailable
-from imgrep.manifest import parse_manifest
-from imgrep.protocol import OCI_INDEX
-from imgrep.registry import Manifest, ManifestInfo, Repo
-from imgrep.retry import RetryPolicy
+from imgrep.oci.auth import push_scope
+from imgrep.oci.io.bulkhead import Bulkhead
+from imgrep.oci.io.copier import Copier, signature_tags
+from imgrep.errors import NotFound, RegistryUnavailable
+from imgrep.oci.manifest import parse_manifest
+from imgrep.oci.protocol import OCI_INDEX
+from imgrep.oci.io.registry import Manifest, ManifestInfo
+from imgrep.oci.reference import Repo
+from imgrep.oci.retry import RetryPolicy
 from tests.helpers.images import Image, Index, make_image, make_index
 
 SOURCE = Repo("source.example", "team/app")
@@ -135,7 +136,7 @@ class FakeRegistries:
         try:
             return self.manifests[repo][identifier]
         except KeyError:
-            raise ManifestNotFound(repo.registry, "manifest unknown", repository=repo.repository, status=404) from None
+            raise NotFound(repo.registry, "manifest unknown", repository=repo.repository, status=404) from None
 
     def resolve(self, repo, identifier, deadline):
         self._request(repo, "HEAD", identifier)

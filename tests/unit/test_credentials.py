@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from imgrep.credentials import Credential, CredentialStore, normalise_registry, parse_docker_config
+from imgrep.oci.credentials import Credential, CredentialStore, normalise_registry, parse_docker_config
 from imgrep.errors import ConfigError
 
 

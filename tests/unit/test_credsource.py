@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from imgrep.cloud import ECR, AwsSettings, CloudSettings, GcpSettings
-from imgrep.credentials import Credential, CredentialStore
-from imgrep.credsource import MAX_PROVIDERS, CredentialSource, ProviderFactory
+from imgrep.cloud.selection import ECR, AwsSettings, CloudSettings, GcpSettings
+from imgrep.oci.credentials import Credential, CredentialStore
+from imgrep.cloud.io.credsource import MAX_PROVIDERS, CredentialSource, ProviderFactory
 from imgrep.errors import CredentialProviderError
 
 IRSA = AwsSettings(role_arn="arn:aws:iam::123456789012:role/r", web_identity_token_file="/t", region="eu-west-1")

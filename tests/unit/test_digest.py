@@ -6,8 +6,8 @@ import hashlib
 
 import pytest
 
-from imgrep.digest import Verifier, compute, digest_problem, is_digest, matches
-from imgrep.reference import parse_reference
+from imgrep.oci.digest import Verifier, compute, digest_problem, is_digest, matches
+from imgrep.oci.reference import parse_reference
 from imgrep.errors import DigestMismatch, ImgrepError
 
 BLOB = b"layer bytes " * 1000

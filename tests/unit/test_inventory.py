@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from imgrep.inventory import (
+from imgrep.inventory.model import (
     FIELDS,
     MAX_IMAGE_CHARS,
     MAX_NAMESPACES,
@@ -23,8 +23,8 @@ from imgrep.inventory import (
     render_table,
     sort_entries,
 )
-from imgrep.reference import parse_reference
-from imgrep.results import CheckResult
+from imgrep.oci.reference import parse_reference
+from imgrep.oci.results import CheckResult
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 DIGEST = "sha256:" + "a" * 64

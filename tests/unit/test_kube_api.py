@@ -5,7 +5,7 @@ import json
 import pytest
 
 from imgrep.errors import ImgrepError
-from imgrep.kube_api import (
+from imgrep.kube.api import (
     LEASES,
     MAX_LIST_RESTARTS,
     PODS,

@@ -7,7 +7,7 @@ import pytest
 
 from imgrep.config import load_config
 from imgrep.errors import ConfigError
-from imgrep.kube_config import KubeConfigError, KubeSettings, from_kubeconfig, in_cluster, kubeconfig_paths
+from imgrep.kube.config import KubeConfigError, KubeSettings, from_kubeconfig, in_cluster, kubeconfig_paths
 
 PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 

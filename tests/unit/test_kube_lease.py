@@ -2,7 +2,7 @@
 
 import re
 
-from imgrep.kube_lease import Watch, holder, lease_name, new_lease, renewed, taken_over
+from imgrep.kube.lease import Watch, holder, lease_name, new_lease, renewed, taken_over
 from tests.helpers.kubeapi import validate
 
 KEY = "registry.internal/mirror/library/nginx@sha256:" + "a" * 64

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from imgrep.credentials import Credential
+from imgrep.oci.credentials import Credential
 from imgrep.errors import CredentialProviderError
-from imgrep.lease import (FAIL, MAX_BACKOFF, RENEW, USE, LeaseState, after_failure, after_success, decide,
+from imgrep.cloud.lease import (FAIL, MAX_BACKOFF, RENEW, USE, LeaseState, after_failure, after_success, decide,
                           failure_backoff, lease_for)
 
 CREDENTIAL = Credential("AWS", "token")

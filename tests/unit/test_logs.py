@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from imgrep.logs import Logger
+from imgrep.observe.io.logs import Logger
 
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
 

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from imgrep.errors import RegistryProtocolError, UnsupportedManifest
-from imgrep.manifest import announced_type, parse_manifest
-from imgrep.protocol import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST
+from imgrep.oci.manifest import announced_type, parse_manifest
+from imgrep.oci.protocol import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST
 
 A, B, C = ("sha256:" + c * 64 for c in "abc")
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from imgrep.miniyaml import YamlError, loads
+from imgrep.kube.miniyaml import YamlError, loads
 
 # what `kubectl config set-cluster/set-credentials/set-context/use-context` wrote (kubectl 1.3x)
 KUBECTL_WRITTEN = """\

@@ -7,21 +7,20 @@ nothing with imgrep, as the API server would apply them.
 from __future__ import annotations
 
 import base64
-import copy
 import dataclasses
 import json
 
 import pytest
 
-from imgrep.admission import AdmissionRequest, decode_review, encode_response
+from imgrep.admission.review import AdmissionRequest, decode_review, encode_response
 from imgrep.config import MUTATE_PIN, MUTATE_TARGET, TargetRegistry
-from imgrep.mutation import ORIGINAL_IMAGES, build_patch, needs_rewrite, replacement, skip_reason
-from imgrep.reference import parse_reference
-from imgrep.replicator import target_repository
-from imgrep.results import ERROR, EXISTS, MISSING, REPLICATED, CheckResult
+from imgrep.admission.mutation import ORIGINAL_IMAGES, build_patch, needs_rewrite, replacement, skip_reason
+from imgrep.oci.reference import parse_reference
+from imgrep.admission.io.replicator import target_repository
+from imgrep.oci.results import ERROR, EXISTS, MISSING, REPLICATED, CheckResult
 from tests.helpers.binaries import require_module
+from tests.helpers.reviews import V1, V1BETA1, review_bytes
 
-V1, V1BETA1 = "admission.k8s.io/v1", "admission.k8s.io/v1beta1"
 TARGET = TargetRegistry("mirror.internal:5000", "cache")
 A, B, E = "sha256:" + "a" * 64, "sha256:" + "b" * 64, "sha256:" + "e" * 64
 NGINX_MIRROR = f"mirror.internal:5000/cache/library/nginx:1.27@{A}"
@@ -123,7 +122,7 @@ def test_a_container_without_a_name_is_recorded_by_its_place():
 
 def test_a_second_call_on_the_mutated_pod_yields_no_patch():
     mutated = applied(web_pod(), GOLDEN_PATCH)
-    request = decode_review(review_of(mutated))
+    request = decode_review(review_bytes(mutated))
     assert [image for image in request.new_images if needs_rewrite(image, MUTATE_TARGET, TARGET)] == []
     assert build_patch(mutated, {}) == []
 
@@ -267,8 +266,3 @@ def test_no_patch_is_a_plain_allowed_answer(api_version):
         f'{{"apiVersion":"{api_version}","kind":"AdmissionReview","response":{{"uid":"u-2","allowed":true}}}}'
     ).encode()
 
-
-def review_of(obj: dict) -> bytes:
-    return json.dumps({"apiVersion": V1, "kind": "AdmissionReview", "request": {
-        "uid": "u", "kind": {"group": "", "version": "v1", "kind": "Pod"}, "operation": "CREATE",
-        "namespace": "shop", "object": copy.deepcopy(obj)}}).encode()

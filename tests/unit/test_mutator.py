@@ -9,19 +9,20 @@ import json
 import pytest
 
 from imgrep.config import MUTATE_PIN, MUTATE_TARGET, Config, TargetRegistry
-from imgrep.logs import Logger
-from imgrep.mutator import Mutator
-from imgrep.reference import parse_reference
-from imgrep.replicator import Replicator
-from imgrep.results import EXISTS, REPLICATED, CheckResult
-from imgrep.telemetry import Telemetry
+from imgrep.observe.io.logs import Logger
+from imgrep.admission.io.mutator import Mutator
+from imgrep.oci.reference import parse_reference
+from imgrep.admission.io.replicator import Replicator
+from imgrep.oci.results import EXISTS, REPLICATED, CheckResult
+from imgrep.observe.io.telemetry import Telemetry
+from tests.helpers.reviews import review_bytes, workload
 
 TARGET = TargetRegistry("mirror.internal:5000", "cache")
 DIGEST = "sha256:" + "a" * 64
 
 
 class FakeWebhook:
-    """Stands in for imgrep.webhook.Webhook.look_up: the answers it is given, and what it was asked."""
+    """Stands in for imgrep.admission.io.service.Webhook.look_up: the answers it is given, and what it was asked."""
 
     def __init__(self, status: str = REPLICATED, fail: Exception | None = None):
         self.status = status
@@ -49,11 +50,7 @@ def mutator(webhook, **config) -> tuple[Mutator, io.StringIO, Telemetry]:
 
 
 def review(*images: str, kind: str = "Pod", dry_run: bool = False, namespace: str = "shop") -> bytes:
-    spec = {"containers": [{"name": f"c{i}", "image": image} for i, image in enumerate(images)]}
-    obj = {"metadata": {"name": "web"}, "spec": spec if kind == "Pod" else {"template": {"spec": spec}}}
-    return json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
-        "uid": "u-1", "kind": {"group": "", "version": "v1", "kind": kind}, "operation": "CREATE",
-        "namespace": namespace, "dryRun": dry_run, "object": obj}}).encode()
+    return review_bytes(workload(kind, images, name="web", namespace=namespace), dry_run=dry_run, uid="u-1")
 
 
 def answer(subject: Mutator, body: bytes) -> dict:

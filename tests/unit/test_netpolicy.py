@@ -2,7 +2,7 @@
 
 import pytest
 
-from imgrep.netpolicy import REFUSED, refusal
+from imgrep.oci.netpolicy import REFUSED, refusal
 
 
 @pytest.mark.parametrize("address", [

@@ -6,11 +6,11 @@ import dataclasses
 
 import pytest
 
-from imgrep.admission import WORKLOAD_KINDS, AdmissionRequest
-from imgrep.errors import InvalidReference, ManifestNotFound, RegistryUnavailable, Unauthorized
-from imgrep.policy import MAX_IMAGES, POD_KINDS, decide, too_many_images, triage
-from imgrep.reference import parse_reference
-from imgrep.results import ERROR, EXISTS, REPLICATED, CheckResult, result_from_error
+from imgrep.admission.review import WORKLOAD_KINDS, AdmissionRequest
+from imgrep.errors import InvalidReference, NotFound, RegistryUnavailable, Unauthorized
+from imgrep.admission.policy import MAX_IMAGES, POD_KINDS, decide, too_many_images, triage
+from imgrep.oci.reference import parse_reference
+from imgrep.oci.results import ERROR, EXISTS, REPLICATED, CheckResult, result_from_error
 
 EXCLUDED = frozenset({"kube-system", "image-replicator"})
 POD = AdmissionRequest(
@@ -74,7 +74,7 @@ def failed(image: str, error_class) -> CheckResult:
     return result_from_error(image, reference, error)
 
 
-MISSING_IMAGE = failed("nginx-that-does-not-exist:v999", ManifestNotFound)
+MISSING_IMAGE = failed("nginx-that-does-not-exist:v999", NotFound)
 UNAUTHORIZED = failed("ghcr.io/org/private:v1", Unauthorized)
 UNREACHABLE = failed("registry.internal:5000/team/app:v2", RegistryUnavailable)
 INVALID = failed("app:bad tag", InvalidReference)

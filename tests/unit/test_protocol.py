@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from imgrep.protocol import (
+from imgrep.oci.protocol import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
     MANIFEST_ACCEPT,
@@ -28,9 +28,10 @@ from imgrep.protocol import (
     preferred_challenge,
     redact_url,
     same_origin,
+    resource_kind,
     status_error,
 )
-from imgrep.errors import ManifestNotFound, RegistryProtocolError, RegistryUnavailable, Unauthorized
+from imgrep.errors import NotFound, RegistryProtocolError, RegistryUnavailable, Unauthorized
 
 CHALLENGES = [
     (
@@ -152,7 +153,7 @@ def test_an_answer_keeps_every_value_of_a_repeated_header():
 
 
 @pytest.mark.parametrize(("status", "method", "kind", "temporary"), [
-    (404, "GET", ManifestNotFound, False),
+    (404, "GET", NotFound, False),
     (401, "GET", Unauthorized, False),
     (403, "PUT", Unauthorized, False),
     (429, "HEAD", RegistryUnavailable, True),
@@ -168,6 +169,19 @@ def test_each_status_means_one_error(status, method, kind, temporary):
     error = status_error(status, method, b"", registry="r.example", repository="team/app")
     assert type(error) is kind and error.temporary is temporary
     assert (error.status, error.registry, error.repository) == (status, "r.example", "team/app")
+
+
+@pytest.mark.parametrize(("path", "kind"), [
+    ("/v2/team/app/manifests/v1", "manifest"),
+    ("/v2/team/app/blobs/sha256:" + "a" * 64, "blob"),
+    ("/v2/team/app/blobs/uploads/5d3e", "upload"),
+    ("/v2/team/app/referrers/sha256:" + "a" * 64, "referrers"),
+])
+def test_a_404_says_what_was_missing(path, kind):
+    error = status_error(404, "HEAD", b"", registry="r.example", repository="team/app", path=path)
+    assert type(error) is NotFound and error.kind == kind and error.reason == "not found"
+    assert f"{kind} unknown" in str(error)
+    assert resource_kind(path) == kind
 
 
 def test_the_error_carries_the_registrys_own_words_except_for_head():

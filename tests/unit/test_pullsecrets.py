@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from imgrep.admission import pull_secret_names, template_service_account
-from imgrep.pullsecrets import PullSecretError, choose, parse_pull_secret
+from imgrep.admission.review import pull_secret_names, template_service_account
+from imgrep.kube.pullsecrets import PullSecretError, choose, parse_pull_secret
 
 PASSWORD = "s3cret-Passw0rd"
 

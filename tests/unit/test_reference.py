@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 
 from imgrep.errors import ImgrepError, InvalidReference
-from imgrep.reference import DOCKER_HUB, DOCKER_HUB_API, Reference, parse_reference
+from imgrep.oci.reference import DOCKER_HUB, DOCKER_HUB_API, Reference, parse_reference
 
 SHA256 = "sha256:" + "0123456789abcdef" * 4
 OTHER_SHA256 = "sha256:" + "fedcba9876543210" * 4

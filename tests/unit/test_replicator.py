@@ -9,11 +9,11 @@ from __future__ import annotations
 import threading
 
 from imgrep.config import TargetRegistry
-from imgrep.copier import BlobStats, CopyResult
+from imgrep.oci.io.copier import BlobStats, CopyResult
 from imgrep.errors import DigestMismatch
-from imgrep.reference import parse_reference
-from imgrep.replicator import Replicator
-from imgrep.results import EXISTS, MISSING, REPLICATED, CheckResult
+from imgrep.oci.reference import parse_reference
+from imgrep.admission.io.replicator import Replicator
+from imgrep.oci.results import EXISTS, MISSING, REPLICATED, CheckResult
 from tests.helpers.clock import FakeClock
 
 DIGEST = "sha256:" + "d" * 64

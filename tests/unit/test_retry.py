@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from imgrep.config import Config, load_config
-from imgrep.retry import IDEMPOTENT_METHODS, REQUEST_RETRY, RETRYABLE_STATUS, UPLOAD_RETRY, RetryPolicy
+from imgrep.oci.retry import IDEMPOTENT_METHODS, REQUEST_RETRY, RETRYABLE_STATUS, UPLOAD_RETRY, RetryPolicy
 
 POLICY = RetryPolicy(attempts=4, backoff=0.2, max_backoff=1.0, max_retry_after=30.0)
 

@@ -1,7 +1,7 @@
 """What the cluster runs, read from a pod list, and how it joins the admission inventory."""
 
-from imgrep.inventory import Inventory, entry_from_line
-from imgrep.running import Running, pulled_digest, running_images
+from imgrep.inventory.model import Inventory, entry_from_line
+from imgrep.inventory.running import Running, pulled_digest, running_images
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 CALICO = "sha256:" + "c" * 64
@@ -82,7 +82,7 @@ def test_old_lines_without_the_running_fields_still_load():
 
 
 def test_replicas_views_merge_into_one_entry_per_image():
-    from imgrep.inventory import Entry, merge_views
+    from imgrep.inventory.model import Entry, merge_views
 
     def entry(seen: float, count: int, status: str, namespaces: set[str], running: int = 0) -> Entry:
         return Entry("nginx:1.27", "docker.io", "library/nginx", "1.27", NGINX_OLD, status, seen - 10, seen, count,

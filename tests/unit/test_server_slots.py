@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from imgrep.server import REAP_SLACK, Phase, Timeouts, Tracked, eviction_victim, overdue, reap_wait
+from imgrep.serve.io.http import REAP_SLACK, Phase, Timeouts, Tracked, eviction_victim, overdue, reap_wait
 
 TIMEOUTS = Timeouts(head=3.0, body=30.0, idle=30.0)
 

@@ -1,6 +1,6 @@
 """imgrep's SigV4 signer gives the very Authorization header botocore's SigV4Auth gives.
 
-Every combination below is signed twice, by ``imgrep.sigv4.sign`` and by botocore
+Every combination below is signed twice, by ``imgrep.cloud.sigv4.sign`` and by botocore
 (the reference implementation AWS ships), with the same credentials, headers, body
 and time; the headers must be equal character for character.
 """
@@ -15,7 +15,7 @@ from urllib.parse import quote, urlencode
 
 import pytest
 
-from imgrep.sigv4 import AwsCredentials, canonical_request, sign
+from imgrep.cloud.sigv4 import AwsCredentials, canonical_request, sign
 from tests.helpers.binaries import require_module
 
 LONG_TERM = AwsCredentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")

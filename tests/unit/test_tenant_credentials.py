@@ -9,12 +9,12 @@ import math
 
 import pytest
 
-from imgrep.credentials import Credential, CredentialStore
-from imgrep.logs import Logger
-from imgrep.pullsecrets import parse_pull_secret
-from imgrep.reference import parse_reference
-from imgrep.tenant_credentials import PullSecretSource, TenantRoute
-from imgrep.transport import Transport
+from imgrep.oci.credentials import Credential, CredentialStore
+from imgrep.observe.io.logs import Logger
+from imgrep.kube.pullsecrets import parse_pull_secret
+from imgrep.oci.reference import parse_reference
+from imgrep.admission.io.tenant_credentials import PullSecretSource, TenantRoute
+from imgrep.oci.io.transport import Transport
 from tests.helpers.kubeobjects import pull_secret
 
 TARGET = "mirror.example.com"

@@ -7,10 +7,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from imgrep.credentials import CredentialStore
+from imgrep.oci.credentials import CredentialStore
 from imgrep.errors import ForbiddenRegistry, RegistryUnavailable
-from imgrep.registry import RegistryClient, Repo
-from imgrep.transport import Transport
+from imgrep.oci.io.registry import RegistryClient
+from imgrep.oci.reference import Repo
+from imgrep.oci.io.transport import Transport
 
 
 @pytest.mark.parametrize("host", ["169.254.169.254", "[fe80::1]:5000", "[fd00:ec2::254]", "100.100.100.200",
@@ -35,7 +36,7 @@ class FakeConnection:
 
 
 def test_idle_connections_are_bounded_per_host_and_in_all():
-    from imgrep.transport import MAX_IDLE_PER_HOST, MAX_IDLE_TOTAL, _origin
+    from imgrep.oci.io.transport import MAX_IDLE_PER_HOST, MAX_IDLE_TOTAL, _origin
 
     transport = Transport()
     per_host = [FakeConnection() for _ in range(MAX_IDLE_PER_HOST + 1)]

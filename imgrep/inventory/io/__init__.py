@@ -1,0 +1,2 @@
+"""The inventory's file, the cluster's pod listing, and the merge of every replica's view.
+"""

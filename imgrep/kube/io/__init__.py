@@ -1,0 +1,2 @@
+"""The Kubernetes API client and the Lease-guarded copies built on it.
+"""

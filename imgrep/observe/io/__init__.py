@@ -1,0 +1,2 @@
+"""Telemetry (the process's metrics), process statistics from /proc, and structured logs.
+"""

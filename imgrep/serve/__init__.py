@@ -1,0 +1,2 @@
+"""Serving HTTP: the webhook and health listeners.
+"""

@@ -1,0 +1,2 @@
+"""The TLS and plain-HTTP servers (``http.server`` with its defaults' pitfalls fixed).
+"""
