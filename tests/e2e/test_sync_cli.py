@@ -367,7 +367,7 @@ def run_on_terminal(argv: list[str], env: dict[str, str], columns: int = 120) ->
     """Run ``argv`` with a pseudo-terminal as its stdin, stdout and stderr; (exit code, everything it wrote)."""
     controller, terminal = os.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
-    child = subprocess.Popen(argv, env=env, stdin=terminal, stdout=terminal, stderr=terminal, start_new_session=True)
+    child = subprocess.Popen(argv, env=env, stdin=terminal, stdout=terminal, stderr=terminal)
     os.close(terminal)
     output = bytearray()
     deadline = time.monotonic() + RUN_TIMEOUT
