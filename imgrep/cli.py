@@ -379,7 +379,7 @@ def run_serve(runtime: Runtime) -> int:
             raise ConfigError("TLS_CERT_PATH", f"cannot load certificate and key: {exc}") from None
     metrics = runtime.telemetry.render
     health = _listen("HEALTH_PORT", config.health_port, health_router(lifecycle, inventory, metrics), logger,
-                     lifecycle)
+                     lifecycle, max_body=MAX_BODY_BYTES)
     server = _listen("PORT", config.port, webhook_router(webhook, mutator, metrics), logger, lifecycle,
                      certificates=certificates, max_connections=config.max_connections, max_body=MAX_BODY_BYTES)
     # Blocked here, before any thread starts, so every thread inherits the mask and the

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from imgrep.admission.review import MAX_BODY_BYTES
 from imgrep.observe.io.logs import Logger
 from imgrep.serve.routes import Router
 from imgrep.serve.io.http import (
@@ -64,7 +65,8 @@ class Servers:
         app = Router({("GET", "/ok"): lambda request: (200, "application/json", b'{"ok": true}'),
                       ("GET", "/slow"): self.slow})
         certificates = CertificateReloader(str(self.certs.cert), str(self.certs.key), logger) if tls else None
-        server = HttpServer(("127.0.0.1", 0), app, logger, Lifecycle(ready=True), certificates=certificates,
+        server = HttpServer(("127.0.0.1", 0), app, logger, Lifecycle(ready=True), max_body=MAX_BODY_BYTES,
+                            certificates=certificates,
                             max_connections=max_connections, timeouts=timeouts)
         server.tls = tls
         server.serve_in_thread()

@@ -278,8 +278,7 @@ class Transport:
             connection = idle.pop() if idle else None
             if connection is not None:
                 self._idle_count -= 1
-        if connection is not None:
-            connection.timeout = timeout
+        if connection is not None:  # its socket gets the request's deadline and read timeout in _send
             return connection, True
         if origin.scheme == "https":
             connection = http.client.HTTPSConnection(origin.host, origin.port, timeout=timeout, context=self._tls)

@@ -90,8 +90,6 @@ MAX_HEADERS = 100
 #: beyond it the connection is closed at once
 MAX_DISCARD_BYTES = 16 * 1024 * 1024
 
-#: a request body's limit when the server is given none: the API server's own (README "Endpoints")
-DEFAULT_MAX_BODY = 3 * 1024 * 1024
 
 
 class Phase(enum.Enum):
@@ -387,8 +385,8 @@ class HttpServer(ThreadingHTTPServer):
         lifecycle: Lifecycle,
         *,
         certificates: CertificateReloader | None = None,
+        max_body: int,
         max_connections: int = 256,
-        max_body: int = DEFAULT_MAX_BODY,
         timeouts: Timeouts = Timeouts(),
     ):
         self.router = router
