@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from copy_throughput import raw_ceiling, run_measured  # noqa: E402  (bench/ is this script's own directory)
+
 from tests.helpers.images import make_index, push_image  # noqa: E402
 from tests.helpers.registry import RegistryServer  # noqa: E402
 from tests.helpers.shaper import MAX_WINDOW, Shaper  # noqa: E402

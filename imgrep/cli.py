@@ -42,9 +42,8 @@ from imgrep.observe.io.telemetry import Telemetry
 from imgrep.oci.io.bulkhead import Bulkhead
 from imgrep.oci.io.copier import LOOKUP_CONCURRENCY, Copier, CopyResult, Progress
 from imgrep.oci.io.registry import RegistryClient
-from imgrep.oci.reference import Repo
 from imgrep.oci.io.transport import Transport
-from imgrep.oci.reference import Reference, parse_reference
+from imgrep.oci.reference import Reference, Repo, parse_reference
 from imgrep.oci.results import ERROR, EXISTS
 from imgrep.serve.endpoints import health_router, webhook_router
 from imgrep.serve.io.http import CertificateReloader, HttpServer, Lifecycle

@@ -10,15 +10,15 @@ import math
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 from typing import Callable, Mapping
+from urllib.parse import urlsplit
 
 from imgrep.cloud import selection as cloud
 from imgrep.cloud.selection import AwsSettings, AzureSettings, CloudSettings, EcrRepositorySettings, GcpSettings
-from imgrep.oci.credentials import CredentialStore, normalise_registry
 from imgrep.errors import ConfigError
-from imgrep.oci.retry import REQUEST_RETRY, UPLOAD_RETRY, RetryPolicy
 from imgrep.kube.config import KubeSettings
+from imgrep.oci.credentials import CredentialStore, normalise_registry
+from imgrep.oci.retry import REQUEST_RETRY, UPLOAD_RETRY, RetryPolicy
 
 __all__ = ["Config", "TargetRegistry", "load_config", "DEFAULT_EXCLUDED_NAMESPACES", "MUTATE_OFF", "MUTATE_TARGET",
            "MUTATE_PIN"]

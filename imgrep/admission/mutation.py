@@ -20,10 +20,10 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Mapping
 
+from imgrep.admission.policy import too_many_images, triage
 from imgrep.admission.review import CONTAINER_LISTS, AdmissionRequest
 from imgrep.config import MUTATE_PIN, TargetRegistry
 from imgrep.errors import InvalidReference
-from imgrep.admission.policy import too_many_images, triage
 from imgrep.oci.reference import Reference, parse_reference
 from imgrep.oci.results import EXISTS, REPLICATED, CheckResult
 

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from typing import Mapping
 from urllib.parse import urlencode
 
-from imgrep.cloud.selection import ApiRequest, json_object, EcrRepositorySettings
+from imgrep.cloud.selection import ApiRequest, EcrRepositorySettings, json_object
 from imgrep.cloud.sigv4 import AwsCredentials, sign
 
 __all__ = [

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from imgrep.oci.credentials import Credential
 from imgrep.errors import CredentialProviderError
+from imgrep.oci.credentials import Credential
 
 __all__ = ["Lease", "LeaseState", "lease_for", "USE", "RENEW", "FAIL", "decide", "after_success", "after_failure",
            "failure_backoff"]

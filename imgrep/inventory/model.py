@@ -20,11 +20,11 @@ from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, Sequence
 from urllib.parse import parse_qs
 
-from imgrep.oci.credentials import normalise_registry
 from imgrep.errors import ImgrepError, InvalidReference
+from imgrep.inventory.running import Running
+from imgrep.oci.credentials import normalise_registry
 from imgrep.oci.reference import parse_reference
 from imgrep.oci.results import ERROR, EXISTS, MISSING, REPLICATED, CheckResult
-from imgrep.inventory.running import Running
 
 __all__ = [
     "Entry",

@@ -22,8 +22,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
-from imgrep.oci.credentials import Credential, normalise_registry, parse_docker_config
 from imgrep.errors import ConfigError, ImgrepError
+from imgrep.oci.credentials import Credential, normalise_registry, parse_docker_config
 
 __all__ = ["PullSecret", "PullSecretError", "parse_pull_secret", "choose", "DOCKER_CONFIG_JSON_TYPE",
            "DOCKERCFG_TYPE"]

@@ -20,10 +20,18 @@ from dataclasses import dataclass, field
 from typing import Callable, Generator
 from urllib.parse import urlencode, urlsplit
 
-from imgrep.oci.credentials import Credential
 from imgrep.errors import RegistryProtocolError, RegistryUnavailable, Unauthorized
-from imgrep.oci.protocol import (Answer, Challenge, Request, error_summary, parse_challenges, preferred_challenge, redact_url,
-                       same_origin)
+from imgrep.oci.credentials import Credential
+from imgrep.oci.protocol import (
+    Answer,
+    Challenge,
+    Request,
+    error_summary,
+    parse_challenges,
+    preferred_challenge,
+    redact_url,
+    same_origin,
+)
 from imgrep.oci.retry import RETRYABLE_STATUS
 
 __all__ = [

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from imgrep.oci.digest import is_digest
 from imgrep.errors import RegistryProtocolError, UnsupportedManifest
+from imgrep.oci.digest import is_digest
 from imgrep.oci.protocol import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,

@@ -15,8 +15,8 @@ import functools
 import re
 from dataclasses import dataclass
 
-from imgrep.oci.digest import digest_problem
 from imgrep.errors import InvalidReference
+from imgrep.oci.digest import digest_problem
 
 __all__ = ["DOCKER_HUB", "DOCKER_HUB_API", "DOCKER_HUB_ALIASES", "Reference", "Repo", "parse_reference"]
 

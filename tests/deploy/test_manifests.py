@@ -8,13 +8,10 @@ import json
 
 import pytest
 
-from imgrep.inventory.io import cluster as cluster_inventory
-
-from imgrep.kube.io import copy_leases
-
-from imgrep.inventory.io import replicas as replica_inventory
-
 from imgrep.admission.io import tenant_credentials
+from imgrep.inventory.io import cluster as cluster_inventory
+from imgrep.inventory.io import replicas as replica_inventory
+from imgrep.kube.io import copy_leases
 from tests.deploy.kube import REPO, find, kustomize, yaml_to_objects
 from tests.helpers.kubeapi import validate
 

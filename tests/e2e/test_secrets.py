@@ -7,9 +7,9 @@ import json
 import uuid
 
 from tests.helpers.images import make_image, push_image
+from tests.helpers.registry import RegistryServer
 from tests.helpers.reviews import pod, review
 from tests.helpers.tokenserver import TokenServer
-from tests.helpers.registry import RegistryServer
 
 
 def test_secrets_appear_nowhere_in_output_metrics_or_answers(start_webhook, registry_basic):

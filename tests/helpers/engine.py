@@ -8,16 +8,16 @@ import time
 import uuid
 from collections.abc import Iterator
 
-from imgrep.oci.io.bulkhead import Bulkhead
-from imgrep.config import load_config
-from imgrep.oci.io.copier import LOOKUP_CONCURRENCY, Copier
-from imgrep.oci.credentials import CredentialStore
 from imgrep.cloud.io.credsource import CredentialSource, ProviderFactory
+from imgrep.config import load_config
 from imgrep.errors import NotFound, RegistryError
+from imgrep.oci.credentials import CredentialStore
+from imgrep.oci.io.bulkhead import Bulkhead
+from imgrep.oci.io.copier import LOOKUP_CONCURRENCY, Copier
 from imgrep.oci.io.registry import RegistryClient
+from imgrep.oci.io.transport import Transport
 from imgrep.oci.reference import Repo
 from imgrep.oci.retry import RetryPolicy
-from imgrep.oci.io.transport import Transport
 from tests.helpers.clock import MovableClock, wait_until
 from tests.helpers.faultproxy import Fault, FaultProxy
 from tests.helpers.images import make_image, push_image

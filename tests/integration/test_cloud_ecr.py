@@ -14,17 +14,24 @@ import time
 
 import pytest
 
-from imgrep.oci.io.bulkhead import Bulkhead
-from imgrep.config import load_config
-from imgrep.oci.io.copier import Copier
-from imgrep.errors import CredentialProviderError, Unauthorized
 from imgrep.cloud.lease import MAX_BACKOFF
+from imgrep.config import load_config
+from imgrep.errors import CredentialProviderError, Unauthorized
+from imgrep.oci.io.bulkhead import Bulkhead
+from imgrep.oci.io.copier import Copier
 from imgrep.oci.io.registry import RegistryClient
+from imgrep.oci.io.transport import Transport
 from imgrep.oci.reference import Repo
 from imgrep.oci.retry import RetryPolicy
-from imgrep.oci.io.transport import Transport
-from tests.helpers.aws import (ACCOUNT, ECR_CREDENTIALS, ROLE_ARN, Aws, ecr_error_body, sts_error_body,
-                               web_identity_token)
+from tests.helpers.aws import (
+    ACCOUNT,
+    ECR_CREDENTIALS,
+    ROLE_ARN,
+    Aws,
+    ecr_error_body,
+    sts_error_body,
+    web_identity_token,
+)
 from tests.helpers.engine import CloudEngine, unique
 from tests.helpers.faultproxy import Fault
 from tests.helpers.images import make_image, push_image

@@ -11,11 +11,11 @@ import time
 
 import pytest
 
-from imgrep.config import load_config
 from imgrep.cloud.io.credsource import CredentialSource, ProviderFactory
+from imgrep.config import load_config
 from imgrep.errors import CredentialProviderError
-from imgrep.oci.retry import RetryPolicy
 from imgrep.oci.io.transport import Transport
+from imgrep.oci.retry import RetryPolicy
 from tests.helpers.engine import CloudEngine, unique
 from tests.helpers.gcp import MetadataServer
 from tests.helpers.images import make_image, push_image

@@ -20,15 +20,21 @@ import time
 
 import pytest
 
-from imgrep.oci.io import transport as transport_module
+from imgrep.cloud.io.providers import (
+    EKS_POD_IDENTITY_ADDRESSES,
+    GKE_METADATA_ADDRESS,
+    AwsIdentity,
+    Endpoint,
+    GcpProvider,
+    provider_transport,
+)
 from imgrep.cloud.selection import AwsSettings, GcpSettings
-from imgrep.oci.credentials import CredentialStore
 from imgrep.errors import CredentialProviderError, ForbiddenRegistry
-from imgrep.cloud.io.providers import (EKS_POD_IDENTITY_ADDRESSES, GKE_METADATA_ADDRESS, AwsIdentity, Endpoint, GcpProvider,
-                              provider_transport)
+from imgrep.oci.credentials import CredentialStore
+from imgrep.oci.io import transport as transport_module
 from imgrep.oci.io.registry import RegistryClient
-from imgrep.oci.reference import Repo
 from imgrep.oci.io.transport import Transport
+from imgrep.oci.reference import Repo
 from tests.helpers.aws import PodIdentityAgent
 from tests.helpers.fakeserver import FakeServer
 from tests.helpers.gcp import TOKEN_PATH, MetadataServer

@@ -12,8 +12,8 @@ from imgrep.inventory.io import cluster as cluster_inventory
 from imgrep.inventory.io.cluster import PERMISSIONS, ClusterInventory
 from imgrep.inventory.model import Inventory
 from imgrep.kube.api import KubeForbidden
-from imgrep.kube.io.client import KubeClient
 from imgrep.kube.config import ClusterAccess
+from imgrep.kube.io.client import KubeClient
 from imgrep.observe.io.logs import Logger
 from imgrep.observe.io.telemetry import Telemetry
 from tests.helpers.kubeapi import FakeKubeAPI

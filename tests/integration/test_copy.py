@@ -7,11 +7,18 @@ import time
 
 import pytest
 
-from imgrep.oci.io.copier import signature_tags
 from imgrep.errors import DigestMismatch, NotFound, RegistryError
+from imgrep.oci.io.copier import signature_tags
 from imgrep.oci.reference import Repo
-from tests.helpers.engine import (FAST_RETRY, Engine, copy_until_interrupted, proxied_pair, target_manifest_missing,
-                                  trickling_image, unique)
+from tests.helpers.engine import (
+    FAST_RETRY,
+    Engine,
+    copy_until_interrupted,
+    proxied_pair,
+    target_manifest_missing,
+    trickling_image,
+    unique,
+)
 from tests.helpers.faultproxy import Fault
 from tests.helpers.images import make_image, make_index, push_image
 from tests.helpers.skopeo import inspect_raw
@@ -128,8 +135,8 @@ def test_cosign_signature_tag_travels_with_the_image(engine, registry_token, reg
 
 
 def test_schema1_manifest_is_refused_with_a_clear_message(engine, registry_token, registry_basic):
-    from imgrep.oci.manifest import parse_manifest
     from imgrep.errors import UnsupportedManifest
+    from imgrep.oci.manifest import parse_manifest
 
     with pytest.raises(UnsupportedManifest, match="schema 1"):
         parse_manifest(b'{"schemaVersion": 1, "name": "x", "tag": "v1", "fsLayers": []}',

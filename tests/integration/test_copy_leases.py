@@ -12,14 +12,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from imgrep.admission.io.service import Webhook
 from imgrep.cli import build_runtime, cluster_features
 from imgrep.config import load_config
-from imgrep.kube.io.copy_leases import PERMISSIONS, CopyLeases
-from imgrep.kube.io.client import KubeClient
 from imgrep.kube.config import ClusterAccess
+from imgrep.kube.io.client import KubeClient
+from imgrep.kube.io.copy_leases import PERMISSIONS, CopyLeases
 from imgrep.kube.lease import lease_name, new_lease
 from imgrep.observe.io.logs import Logger
-from imgrep.admission.io.service import Webhook
 from tests.helpers.engine import unique
 from tests.helpers.images import make_image, push_image
 from tests.helpers.kubeapi import FakeKubeAPI

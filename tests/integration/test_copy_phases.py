@@ -16,9 +16,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from imgrep.errors import NotFound, RegistryError
 from imgrep.oci.auth import push_scope
 from imgrep.oci.io.copier import signature_tags
-from imgrep.errors import NotFound, RegistryError
 from imgrep.oci.reference import Repo
 from tests.helpers.engine import FAST_RETRY, Engine, target_manifest_missing, unique
 from tests.helpers.faultproxy import Fault, FaultProxy

@@ -9,13 +9,13 @@ import time
 
 import pytest
 
+from imgrep.errors import RegistryUnavailable
+from imgrep.oci.credentials import CredentialStore
 from imgrep.oci.io.bulkhead import Bulkhead
 from imgrep.oci.io.copier import Copier
-from imgrep.oci.credentials import CredentialStore
-from imgrep.errors import RegistryUnavailable
 from imgrep.oci.io.registry import RegistryClient
-from imgrep.oci.reference import Repo
 from imgrep.oci.io.transport import Transport
+from imgrep.oci.reference import Repo
 from tests.helpers.certs import make_ca_and_cert
 from tests.helpers.engine import proxied_pair, target_manifest_missing, unique
 from tests.helpers.faultproxy import Fault

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from imgrep.inventory.io import store as inventory_store
+from imgrep.admission.io.service import Webhook
 from imgrep.cli import build_runtime, open_inventory
 from imgrep.config import load_config
 from imgrep.errors import ConfigError
+from imgrep.inventory.io import store as inventory_store
 from imgrep.observe.io.logs import Logger
 from imgrep.serve.endpoints import images_route
 from imgrep.serve.routes import Request, Router
-from imgrep.admission.io.service import Webhook
 from tests.helpers.engine import unique
 from tests.helpers.images import make_image, push_image
 from tests.helpers.registry import RegistryServer

@@ -11,8 +11,8 @@ import pytest
 
 from imgrep.errors import ConfigError
 from imgrep.kube.api import LEASES, PODS, SECRETS, KubeConflict, KubeForbidden, KubeUnauthorized, KubeUnavailable
-from imgrep.kube.io.client import KubeClient, connect
 from imgrep.kube.config import ClusterAccess, KubeSettings
+from imgrep.kube.io.client import KubeClient, connect
 from tests.helpers.binaries import require_binary
 from tests.helpers.kubeapi import FakeKubeAPI
 

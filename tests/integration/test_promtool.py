@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from imgrep.observe.metrics import MetricsRegistry
 from imgrep.observe.io.procstats import process_collector
+from imgrep.observe.metrics import MetricsRegistry
 from tests.helpers.binaries import require_binary
 
 SPEC_FAMILIES = (

@@ -9,11 +9,11 @@ import json
 
 import pytest
 
+from imgrep.admission.io.service import Webhook
+from imgrep.admission.io.tenant_credentials import PERMISSIONS
 from imgrep.cli import build_runtime, cluster_features
 from imgrep.config import load_config
 from imgrep.observe.io.logs import Logger
-from imgrep.admission.io.tenant_credentials import PERMISSIONS
-from imgrep.admission.io.service import Webhook
 from tests.helpers.engine import unique
 from tests.helpers.images import make_image, push_image
 from tests.helpers.kubeapi import FakeKubeAPI

@@ -23,12 +23,19 @@ from urllib.parse import urlencode
 
 import pytest
 
+from imgrep.errors import (
+    DigestMismatch,
+    ForbiddenRegistry,
+    NotFound,
+    RegistryProtocolError,
+    RegistryUnavailable,
+    Unauthorized,
+    UnsupportedManifest,
+)
 from imgrep.oci.credentials import CredentialStore
-from imgrep.errors import (DigestMismatch, ForbiddenRegistry, NotFound, RegistryProtocolError,
-                           RegistryUnavailable, Unauthorized, UnsupportedManifest)
 from imgrep.oci.io.registry import RegistryClient
-from imgrep.oci.reference import Repo
 from imgrep.oci.io.transport import Transport
+from imgrep.oci.reference import Repo
 from tests.helpers.certs import make_ca_and_cert
 from tests.helpers.clock import MovableClock
 from tests.helpers.engine import unique

@@ -9,8 +9,14 @@ import pytest
 
 from imgrep.errors import DigestMismatch
 from imgrep.oci.reference import Repo
-from tests.helpers.engine import (FAST_RETRY, copy_until_interrupted, proxied_pair, target_manifest_missing,
-                                  trickling_image, unique)
+from tests.helpers.engine import (
+    FAST_RETRY,
+    copy_until_interrupted,
+    proxied_pair,
+    target_manifest_missing,
+    trickling_image,
+    unique,
+)
 from tests.helpers.faultproxy import Fault
 from tests.helpers.images import make_image, push_image
 

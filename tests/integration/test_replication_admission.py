@@ -10,10 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from imgrep.admission.io.service import Webhook
 from imgrep.cli import build_runtime
 from imgrep.config import load_config
 from imgrep.observe.io.logs import Logger
-from imgrep.admission.io.service import Webhook
 from tests.helpers.binaries import require_binary
 from tests.helpers.clock import wait_until
 from tests.helpers.engine import unique

@@ -16,7 +16,6 @@ import pytest
 
 from imgrep.admission.review import MAX_BODY_BYTES
 from imgrep.observe.io.logs import Logger
-from imgrep.serve.routes import Router
 from imgrep.serve.io.http import (
     HEAD_TIMEOUT,
     IDLE_TIMEOUT,
@@ -27,6 +26,7 @@ from imgrep.serve.io.http import (
     Phase,
     Timeouts,
 )
+from imgrep.serve.routes import Router
 from tests.helpers.certs import CertPaths, make_ca_and_cert
 from tests.helpers.clock import wait_until
 

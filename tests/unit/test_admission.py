@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from imgrep.admission.review import MAX_BODY_BYTES, SKIP_LABEL, WORKLOAD_KINDS, decode_review, encode_response, extract_images
+from imgrep.admission.review import (
+    MAX_BODY_BYTES,
+    SKIP_LABEL,
+    WORKLOAD_KINDS,
+    decode_review,
+    encode_response,
+    extract_images,
+)
 from imgrep.errors import BadAdmissionReview
 from tests.helpers import reviews
 from tests.helpers.reviews import KINDS, V1, V1BETA1, pod_spec, review_bytes

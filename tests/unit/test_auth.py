@@ -8,6 +8,7 @@ from urllib.parse import parse_qs, parse_qsl, urlsplit
 
 import pytest
 
+from imgrep.errors import RegistryProtocolError
 from imgrep.oci.auth import (
     DEFAULT_TOKEN_LIFETIME,
     Token,
@@ -19,7 +20,6 @@ from imgrep.oci.auth import (
     token_request,
 )
 from imgrep.oci.credentials import Credential
-from imgrep.errors import RegistryProtocolError
 from imgrep.oci.protocol import Challenge
 
 REALM = "https://auth.example.com/token"

@@ -12,10 +12,20 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from imgrep.oci.auth import (Asker, ChallengeCache, Token, TokenCache, TokenFetch, auth_flow, basic_header,
-                         prefetch_flow, pull_scope, token_from_answer)
-from imgrep.oci.credentials import Credential
 from imgrep.errors import RegistryProtocolError, RegistryUnavailable, Unauthorized
+from imgrep.oci.auth import (
+    Asker,
+    ChallengeCache,
+    Token,
+    TokenCache,
+    TokenFetch,
+    auth_flow,
+    basic_header,
+    prefetch_flow,
+    pull_scope,
+    token_from_answer,
+)
+from imgrep.oci.credentials import Credential
 from imgrep.oci.protocol import Answer, Challenge, Request
 
 REGISTRY = "registry.example"

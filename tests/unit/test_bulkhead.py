@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from imgrep.oci.io.bulkhead import MAX_WAITING_PER_REGISTRY, Bulkhead
 from imgrep.errors import RegistryUnavailable
+from imgrep.oci.io.bulkhead import MAX_WAITING_PER_REGISTRY, Bulkhead
 
 #: generous bound for a thread hand-off on a loaded machine
 WAIT = 10.0

@@ -10,8 +10,8 @@ import pytest
 from imgrep.admission.cache import NEGATIVE_TTL_SECONDS
 from imgrep.admission.io.checker import ImageChecker
 from imgrep.errors import DigestMismatch, NotFound, RegistryUnavailable, Unauthorized
-from imgrep.oci.protocol import OCI_MANIFEST
 from imgrep.oci.io.registry import ManifestInfo
+from imgrep.oci.protocol import OCI_MANIFEST
 from imgrep.oci.reference import Repo
 from imgrep.oci.results import ERROR, EXISTS, MISSING
 from tests.helpers.clock import FakeClock

@@ -6,8 +6,8 @@ import threading
 import time
 
 from imgrep.admission.io.checker import CHECK_WORKERS_PER_REGISTRY, ImageChecker
-from imgrep.oci.protocol import OCI_MANIFEST
 from imgrep.oci.io.registry import ManifestInfo
+from imgrep.oci.protocol import OCI_MANIFEST
 from imgrep.oci.reference import Repo
 from imgrep.oci.results import ERROR, EXISTS
 

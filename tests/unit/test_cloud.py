@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from imgrep.cloud.selection import (ACR, ECR, GCP, AwsSettings, AzureSettings, CloudSettings, GcpSettings, describe,
-                          ecr_host, parse_provider_list, route)
+from imgrep.cloud.selection import (
+    ACR,
+    ECR,
+    GCP,
+    AwsSettings,
+    AzureSettings,
+    CloudSettings,
+    GcpSettings,
+    describe,
+    ecr_host,
+    parse_provider_list,
+    route,
+)
 
 IRSA = AwsSettings(role_arn="arn:aws:iam::123456789012:role/r", web_identity_token_file="/var/run/token",
                    region="eu-west-1")

@@ -8,11 +8,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from imgrep.cloud import aws
-
-from imgrep.cloud import azure
-
-from imgrep.cloud import gcp
+from imgrep.cloud import aws, azure, gcp
 from imgrep.cloud.selection import EcrRepositorySettings
 from imgrep.cloud.sigv4 import AwsCredentials
 

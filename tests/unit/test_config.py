@@ -7,8 +7,15 @@ import json
 
 import pytest
 
-from imgrep.config import (DEFAULT_EXCLUDED_NAMESPACES, MUTATE_OFF, MUTATE_PIN, MUTATE_TARGET, Config, TargetRegistry,
-                           load_config)
+from imgrep.config import (
+    DEFAULT_EXCLUDED_NAMESPACES,
+    MUTATE_OFF,
+    MUTATE_PIN,
+    MUTATE_TARGET,
+    Config,
+    TargetRegistry,
+    load_config,
+)
 from imgrep.errors import ConfigError
 
 

@@ -17,13 +17,13 @@ import time
 
 import pytest
 
+from imgrep.errors import NotFound, RegistryUnavailable
 from imgrep.oci.auth import push_scope
 from imgrep.oci.io.bulkhead import Bulkhead
 from imgrep.oci.io.copier import Copier, signature_tags
-from imgrep.errors import NotFound, RegistryUnavailable
+from imgrep.oci.io.registry import Manifest, ManifestInfo
 from imgrep.oci.manifest import parse_manifest
 from imgrep.oci.protocol import OCI_INDEX
-from imgrep.oci.io.registry import Manifest, ManifestInfo
 from imgrep.oci.reference import Repo
 from imgrep.oci.retry import RetryPolicy
 from tests.helpers.images import Image, Index, make_image, make_index

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from imgrep.oci.credentials import Credential, CredentialStore, normalise_registry, parse_docker_config
 from imgrep.errors import ConfigError
+from imgrep.oci.credentials import Credential, CredentialStore, normalise_registry, parse_docker_config
 
 
 def b64(text: str) -> str:

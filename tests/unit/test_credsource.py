@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from imgrep.cloud.selection import ECR, AwsSettings, CloudSettings, GcpSettings
-from imgrep.oci.credentials import Credential, CredentialStore
 from imgrep.cloud.io.credsource import MAX_PROVIDERS, CredentialSource, ProviderFactory
+from imgrep.cloud.selection import ECR, AwsSettings, CloudSettings, GcpSettings
 from imgrep.errors import CredentialProviderError
+from imgrep.oci.credentials import Credential, CredentialStore
 
 IRSA = AwsSettings(role_arn="arn:aws:iam::123456789012:role/r", web_identity_token_file="/t", region="eu-west-1")
 SETTINGS = CloudSettings(aws=IRSA, gcp=GcpSettings(enabled=True), explicit={"mirror:5000": ECR})

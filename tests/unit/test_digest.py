@@ -6,9 +6,9 @@ import hashlib
 
 import pytest
 
+from imgrep.errors import DigestMismatch, ImgrepError
 from imgrep.oci.digest import Verifier, compute, digest_problem, is_digest, matches
 from imgrep.oci.reference import parse_reference
-from imgrep.errors import DigestMismatch, ImgrepError
 
 BLOB = b"layer bytes " * 1000
 DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()

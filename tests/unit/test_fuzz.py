@@ -14,13 +14,13 @@ import time
 import pytest
 
 from imgrep.admission.io.checker import ImageChecker
+from imgrep.admission.io.service import Webhook
 from imgrep.config import Config
 from imgrep.errors import InvalidReference
 from imgrep.observe.io.logs import Logger
-from imgrep.oci.reference import parse_reference
-from imgrep.oci.io.registry import ManifestInfo
 from imgrep.observe.io.telemetry import Telemetry
-from imgrep.admission.io.service import Webhook
+from imgrep.oci.io.registry import ManifestInfo
+from imgrep.oci.reference import parse_reference
 from tests.helpers.fuzz import mutate, valid_review
 
 SEED = 20261123

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from imgrep.oci.credentials import Credential
+from imgrep.cloud.lease import (
+    FAIL,
+    MAX_BACKOFF,
+    RENEW,
+    USE,
+    LeaseState,
+    after_failure,
+    after_success,
+    decide,
+    failure_backoff,
+    lease_for,
+)
 from imgrep.errors import CredentialProviderError
-from imgrep.cloud.lease import (FAIL, MAX_BACKOFF, RENEW, USE, LeaseState, after_failure, after_success, decide,
-                          failure_backoff, lease_for)
+from imgrep.oci.credentials import Credential
 
 CREDENTIAL = Credential("AWS", "token")
 ERROR = CredentialProviderError("r", "ECR: GetAuthorizationToken: ThrottlingException", temporary=True)

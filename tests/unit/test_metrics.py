@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from imgrep.observe.metrics import DEFAULT_BUCKETS, MetricsRegistry, Sample, format_float
 from imgrep.observe.io.procstats import process_collector
+from imgrep.observe.metrics import DEFAULT_BUCKETS, MetricsRegistry, Sample, format_float
 
 
 def test_render_matches_golden_text():

@@ -12,11 +12,11 @@ import json
 
 import pytest
 
+from imgrep.admission.io.replicator import target_repository
+from imgrep.admission.mutation import ORIGINAL_IMAGES, build_patch, needs_rewrite, replacement, skip_reason
 from imgrep.admission.review import AdmissionRequest, decode_review, encode_response
 from imgrep.config import MUTATE_PIN, MUTATE_TARGET, TargetRegistry
-from imgrep.admission.mutation import ORIGINAL_IMAGES, build_patch, needs_rewrite, replacement, skip_reason
 from imgrep.oci.reference import parse_reference
-from imgrep.admission.io.replicator import target_repository
 from imgrep.oci.results import ERROR, EXISTS, MISSING, REPLICATED, CheckResult
 from tests.helpers.binaries import require_module
 from tests.helpers.reviews import V1, V1BETA1, review_bytes

@@ -8,13 +8,13 @@ import json
 
 import pytest
 
+from imgrep.admission.io.mutator import Mutator
+from imgrep.admission.io.replicator import Replicator
 from imgrep.config import MUTATE_PIN, MUTATE_TARGET, Config, TargetRegistry
 from imgrep.observe.io.logs import Logger
-from imgrep.admission.io.mutator import Mutator
-from imgrep.oci.reference import parse_reference
-from imgrep.admission.io.replicator import Replicator
-from imgrep.oci.results import EXISTS, REPLICATED, CheckResult
 from imgrep.observe.io.telemetry import Telemetry
+from imgrep.oci.reference import parse_reference
+from imgrep.oci.results import EXISTS, REPLICATED, CheckResult
 from tests.helpers.reviews import review_bytes, workload
 
 TARGET = TargetRegistry("mirror.internal:5000", "cache")

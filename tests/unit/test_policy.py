@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
+from imgrep.admission.policy import MAX_IMAGES, POD_KINDS, decide, too_many_images, triage
 from imgrep.admission.review import WORKLOAD_KINDS, AdmissionRequest
 from imgrep.errors import InvalidReference, NotFound, RegistryUnavailable, Unauthorized
-from imgrep.admission.policy import MAX_IMAGES, POD_KINDS, decide, too_many_images, triage
 from imgrep.oci.reference import parse_reference
 from imgrep.oci.results import ERROR, EXISTS, REPLICATED, CheckResult, result_from_error
 

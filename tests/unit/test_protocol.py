@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from email.utils import format_datetime
 from datetime import datetime, timezone
+from email.utils import format_datetime
 
 import pytest
 
+from imgrep.errors import NotFound, RegistryProtocolError, RegistryUnavailable, Unauthorized
 from imgrep.oci.protocol import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
@@ -27,11 +28,10 @@ from imgrep.oci.protocol import (
     parse_retry_after,
     preferred_challenge,
     redact_url,
-    same_origin,
     resource_kind,
+    same_origin,
     status_error,
 )
-from imgrep.errors import NotFound, RegistryProtocolError, RegistryUnavailable, Unauthorized
 
 CHALLENGES = [
     (

@@ -2,10 +2,10 @@
 
 import pytest
 
+from imgrep.admission.io.replicator import failure_backoff, target_repository
 from imgrep.config import TargetRegistry
 from imgrep.oci.io.copier import signature_tags
 from imgrep.oci.reference import parse_reference
-from imgrep.admission.io.replicator import failure_backoff, target_repository
 
 
 @pytest.mark.parametrize("image, target, include, expected", [

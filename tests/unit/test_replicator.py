@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import threading
 
-from imgrep.config import TargetRegistry
-from imgrep.oci.io.copier import BlobStats, CopyResult
-from imgrep.errors import DigestMismatch
-from imgrep.oci.reference import parse_reference
 from imgrep.admission.io.replicator import Replicator
+from imgrep.config import TargetRegistry
+from imgrep.errors import DigestMismatch
+from imgrep.oci.io.copier import BlobStats, CopyResult
+from imgrep.oci.reference import parse_reference
 from imgrep.oci.results import EXISTS, MISSING, REPLICATED, CheckResult
 from tests.helpers.clock import FakeClock
 

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from imgrep.sync.io.runner import CLEAR_LINE, Display
 from imgrep.sync.plan import (
     COPIED,
     FAILED,
@@ -32,7 +33,6 @@ from imgrep.sync.plan import (
     target_collisions,
     unique_images,
 )
-from imgrep.sync.io.runner import CLEAR_LINE, Display
 
 DIGEST = "sha256:" + "a" * 64
 OTHER = "sha256:" + "b" * 64

@@ -9,12 +9,12 @@ import math
 
 import pytest
 
-from imgrep.oci.credentials import Credential, CredentialStore
-from imgrep.observe.io.logs import Logger
-from imgrep.kube.pullsecrets import parse_pull_secret
-from imgrep.oci.reference import parse_reference
 from imgrep.admission.io.tenant_credentials import PullSecretSource, TenantRoute
+from imgrep.kube.pullsecrets import parse_pull_secret
+from imgrep.observe.io.logs import Logger
+from imgrep.oci.credentials import Credential, CredentialStore
 from imgrep.oci.io.transport import Transport
+from imgrep.oci.reference import parse_reference
 from tests.helpers.kubeobjects import pull_secret
 
 TARGET = "mirror.example.com"

@@ -7,11 +7,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from imgrep.oci.credentials import CredentialStore
 from imgrep.errors import ForbiddenRegistry, RegistryUnavailable
+from imgrep.oci.credentials import CredentialStore
 from imgrep.oci.io.registry import RegistryClient
-from imgrep.oci.reference import Repo
 from imgrep.oci.io.transport import Transport
+from imgrep.oci.reference import Repo
 
 
 @pytest.mark.parametrize("host", ["169.254.169.254", "[fe80::1]:5000", "[fd00:ec2::254]", "100.100.100.200",

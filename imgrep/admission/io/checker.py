@@ -17,12 +17,11 @@ from concurrent.futures import Future, wait
 from dataclasses import replace
 from typing import Callable
 
-from imgrep.oci.io.bulkhead import Bulkhead
 from imgrep.admission.cache import NEGATIVE_TTL_SECONDS, TTLCache
 from imgrep.errors import ImgrepError, InvalidReference, RegistryUnavailable
-from imgrep.oci.reference import Reference, parse_reference
+from imgrep.oci.io.bulkhead import Bulkhead
 from imgrep.oci.io.registry import RegistryClient
-from imgrep.oci.reference import Repo
+from imgrep.oci.reference import Reference, Repo, parse_reference
 from imgrep.oci.results import ERROR, EXISTS, MISSING, CheckResult, result_from_error
 
 __all__ = ["ImageChecker", "Route", "lookup_key", "CHECK_WORKERS", "CHECK_WORKERS_PER_REGISTRY"]

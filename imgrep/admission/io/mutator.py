@@ -13,14 +13,14 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+from imgrep.admission.io.service import Webhook, error_body, log_fields, read_review
+from imgrep.admission.mutation import build_patch, needs_rewrite, replacement, skip_reason
 from imgrep.admission.review import AdmissionRequest, encode_response
 from imgrep.config import MUTATE_OFF, MUTATE_TARGET, Config
 from imgrep.errors import BadAdmissionReview
 from imgrep.observe.io.logs import Logger
-from imgrep.admission.mutation import build_patch, needs_rewrite, replacement, skip_reason
-from imgrep.oci.reference import Reference
 from imgrep.observe.io.telemetry import Telemetry
-from imgrep.admission.io.service import Webhook, error_body, log_fields, read_review
+from imgrep.oci.reference import Reference
 
 __all__ = ["Mutator"]
 

@@ -17,15 +17,14 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from imgrep.oci.io.bulkhead import Bulkhead
 from imgrep.admission.cache import TTLCache
-from imgrep.oci.results import ERROR, EXISTS, REPLICATED, CheckResult
 from imgrep.config import TargetRegistry
-from imgrep.oci.io.copier import Copier, CopyResult, Progress
 from imgrep.errors import ImgrepError
-from imgrep.oci.reference import Reference
+from imgrep.oci.io.bulkhead import Bulkhead
+from imgrep.oci.io.copier import Copier, CopyResult, Progress
 from imgrep.oci.io.registry import RegistryClient
-from imgrep.oci.reference import Repo
+from imgrep.oci.reference import Reference, Repo
+from imgrep.oci.results import ERROR, EXISTS, REPLICATED, CheckResult
 
 __all__ = ["Replicator", "target_repository", "failure_backoff"]
 

@@ -11,18 +11,18 @@ import json
 import time
 from typing import Callable
 
-from imgrep.admission.review import WORKLOAD_KINDS, AdmissionRequest, decode_review, encode_response
 from imgrep.admission.io.checker import ImageChecker
-from imgrep.oci.results import CheckResult
+from imgrep.admission.io.replicator import Replicator
+from imgrep.admission.io.tenant_credentials import PullSecretSource
+from imgrep.admission.policy import POD_KINDS, Decision, decide, too_many_images, triage
+from imgrep.admission.review import WORKLOAD_KINDS, AdmissionRequest, decode_review, encode_response
 from imgrep.config import MUTATE_TARGET, Config
 from imgrep.errors import BadAdmissionReview
-from imgrep.inventory.model import Inventory
 from imgrep.inventory.io.store import InventoryStore
+from imgrep.inventory.model import Inventory
 from imgrep.observe.io.logs import Logger
-from imgrep.admission.policy import POD_KINDS, Decision, decide, too_many_images, triage
-from imgrep.admission.io.replicator import Replicator
 from imgrep.observe.io.telemetry import Telemetry
-from imgrep.admission.io.tenant_credentials import PullSecretSource
+from imgrep.oci.results import CheckResult
 
 __all__ = ["Webhook", "JSON", "read_review", "error_body", "log_fields"]
 

@@ -26,16 +26,16 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
-from imgrep.admission.review import AdmissionRequest
 from imgrep.admission.cache import TTLCache
-from imgrep.oci.credentials import Credential, CredentialLookup, CredentialStore, normalise_registry
+from imgrep.admission.review import AdmissionRequest
 from imgrep.kube.api import SECRETS, SERVICE_ACCOUNTS, KubeError, KubeForbidden, KubeNotFound
 from imgrep.kube.io.client import KubeClient
-from imgrep.observe.io.logs import Logger
 from imgrep.kube.pullsecrets import PullSecret, PullSecretError, choose, parse_pull_secret
-from imgrep.oci.reference import Reference
+from imgrep.observe.io.logs import Logger
+from imgrep.oci.credentials import Credential, CredentialLookup, CredentialStore, normalise_registry
 from imgrep.oci.io.registry import RegistryClient
 from imgrep.oci.io.transport import Transport
+from imgrep.oci.reference import Reference
 
 __all__ = ["PullSecretSource", "TenantRoute", "PERMISSIONS"]
 

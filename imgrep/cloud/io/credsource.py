@@ -25,12 +25,21 @@ import time
 from collections import OrderedDict
 from typing import Callable
 
-from imgrep.cloud.selection import ACR, ECR, GCP, CloudSettings, Route, route
-from imgrep.oci.credentials import Credential, CredentialStore, normalise_registry
-from imgrep.errors import CredentialProviderError
+from imgrep.cloud.io.providers import (
+    EKS_POD_IDENTITY_ADDRESSES,
+    GKE_METADATA_ADDRESS,
+    AcrProvider,
+    AwsIdentity,
+    AzureIdentity,
+    EcrProvider,
+    Endpoint,
+    GcpProvider,
+    provider_transport,
+)
 from imgrep.cloud.lease import FAIL, USE, LeaseState, after_failure, after_success, decide, lease_for
-from imgrep.cloud.io.providers import (EKS_POD_IDENTITY_ADDRESSES, GKE_METADATA_ADDRESS, AcrProvider, AwsIdentity, AzureIdentity,
-                        EcrProvider, Endpoint, GcpProvider, provider_transport)
+from imgrep.cloud.selection import ACR, ECR, GCP, CloudSettings, Route, route
+from imgrep.errors import CredentialProviderError
+from imgrep.oci.credentials import Credential, CredentialStore, normalise_registry
 from imgrep.oci.io.transport import Transport
 
 __all__ = ["CredentialSource", "ProviderFactory", "MAX_PROVIDERS", "credential_lookup"]

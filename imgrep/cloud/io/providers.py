@@ -23,18 +23,14 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlsplit
 
-from imgrep.cloud import aws
-
-from imgrep.cloud import azure
-
-from imgrep.cloud import gcp
-from imgrep.cloud.selection import ApiRequest, AwsSettings, AzureSettings, EcrRepositorySettings, GcpSettings
-from imgrep.oci.credentials import Credential
-from imgrep.errors import CredentialProviderError, ForbiddenRegistry, RegistryUnavailable
+from imgrep.cloud import aws, azure, gcp
 from imgrep.cloud.lease import failure_backoff
-from imgrep.oci.retry import RETRYABLE_STATUS, RetryPolicy
+from imgrep.cloud.selection import ApiRequest, AwsSettings, AzureSettings, EcrRepositorySettings, GcpSettings
 from imgrep.cloud.sigv4 import AwsCredentials
+from imgrep.errors import CredentialProviderError, ForbiddenRegistry, RegistryUnavailable
+from imgrep.oci.credentials import Credential
 from imgrep.oci.io.transport import Transport
+from imgrep.oci.retry import RETRYABLE_STATUS, RetryPolicy
 
 __all__ = ["Endpoint", "AwsIdentity", "EcrProvider", "GcpProvider", "AzureIdentity", "AcrProvider",
            "EKS_POD_IDENTITY_ADDRESSES", "GKE_METADATA_ADDRESS", "PROVIDER_TIMEOUT", "provider_transport"]

@@ -16,12 +16,12 @@ import threading
 import time
 from typing import Callable
 
-from imgrep.inventory.model import Inventory
 from imgrep.inventory.io.store import InventoryStore
+from imgrep.inventory.model import Inventory
+from imgrep.inventory.running import running_images
 from imgrep.kube.api import PODS, KubeError, KubeForbidden
 from imgrep.kube.io.client import KubeClient
 from imgrep.observe.io.logs import Logger
-from imgrep.inventory.running import running_images
 from imgrep.observe.io.telemetry import Telemetry
 
 __all__ = ["ClusterInventory", "PERMISSIONS"]

@@ -35,11 +35,11 @@ from imgrep.kube.api import (
     list_flow,
 )
 from imgrep.kube.config import (
+    MAX_KUBECONFIG_BYTES,
     SERVICE_ACCOUNT_DIR,
     ClusterAccess,
     KubeConfigError,
     KubeSettings,
-    MAX_KUBECONFIG_BYTES,
     from_kubeconfig,
     in_cluster,
     kubeconfig_paths,

@@ -11,8 +11,8 @@ import platform
 import threading
 
 from imgrep import __version__
-from imgrep.observe.metrics import MetricsRegistry
 from imgrep.observe.io.procstats import process_collector
+from imgrep.observe.metrics import MetricsRegistry
 
 __all__ = ["Telemetry", "MAX_REGISTRY_LABELS"]
 

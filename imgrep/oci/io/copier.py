@@ -23,17 +23,23 @@ import copy
 import random
 import threading
 import time
-from concurrent.futures import Future, wait, FIRST_EXCEPTION
+from concurrent.futures import FIRST_EXCEPTION, Future, wait
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+from imgrep.errors import (
+    DigestMismatch,
+    ImgrepError,
+    NotFound,
+    RegistryError,
+    RegistryProtocolError,
+    RegistryUnavailable,
+)
 from imgrep.oci.auth import push_scope
-from imgrep.oci.io.bulkhead import Bulkhead
 from imgrep.oci.digest import Verifier, is_digest
-from imgrep.errors import (DigestMismatch, ImgrepError, NotFound, RegistryError, RegistryProtocolError,
-                     RegistryUnavailable)
-from imgrep.oci.manifest import Descriptor, parse_manifest
+from imgrep.oci.io.bulkhead import Bulkhead
 from imgrep.oci.io.registry import NOT_IMPLEMENTED, Manifest, RegistryClient
+from imgrep.oci.manifest import Descriptor, parse_manifest
 from imgrep.oci.reference import Repo
 from imgrep.oci.retry import UPLOAD_RETRY, RetryPolicy
 

@@ -17,12 +17,30 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 from urllib.parse import urlencode, urljoin, urlsplit
 
-from imgrep.oci.auth import (MAX_TOKEN_RESPONSE, Asker, ChallengeCache, Flow, Token, TokenCache, TokenFetch, auth_flow,
-                   prefetch_flow, pull_scope, push_scope)
+from imgrep.errors import (
+    DigestMismatch,
+    NotFound,
+    RegistryError,
+    RegistryProtocolError,
+    RegistryUnavailable,
+    UnsupportedManifest,
+)
+from imgrep.oci.auth import (
+    MAX_TOKEN_RESPONSE,
+    Asker,
+    ChallengeCache,
+    Flow,
+    Token,
+    TokenCache,
+    TokenFetch,
+    auth_flow,
+    prefetch_flow,
+    pull_scope,
+    push_scope,
+)
 from imgrep.oci.credentials import CredentialLookup
 from imgrep.oci.digest import algorithm_of, compute, is_digest, matches
-from imgrep.errors import (DigestMismatch, NotFound, RegistryError, RegistryProtocolError, RegistryUnavailable,
-                     UnsupportedManifest)
+from imgrep.oci.io.transport import Response, Transport
 from imgrep.oci.manifest import announced_type, parse_manifest
 from imgrep.oci.protocol import (
     MANIFEST_ACCEPT,
@@ -39,7 +57,6 @@ from imgrep.oci.protocol import (
 )
 from imgrep.oci.reference import Repo
 from imgrep.oci.retry import REQUEST_RETRY, RETRYABLE_STATUS, RetryPolicy
-from imgrep.oci.io.transport import Response, Transport
 
 __all__ = ["RegistryClient", "ManifestInfo", "Manifest"]
 

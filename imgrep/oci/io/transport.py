@@ -28,7 +28,9 @@ from urllib.parse import urljoin, urlsplit
 from imgrep import __version__
 from imgrep.errors import ForbiddenRegistry, RegistryProtocolError, RegistryUnavailable
 from imgrep.oci.netpolicy import refusal
-from imgrep.oci.protocol import Origin as _Origin, origin as _origin, redact_url
+from imgrep.oci.protocol import Origin as _Origin
+from imgrep.oci.protocol import origin as _origin
+from imgrep.oci.protocol import redact_url
 from imgrep.oci.retry import IDEMPOTENT_METHODS
 
 __all__ = ["Transport", "Response", "Observer", "USER_AGENT"]

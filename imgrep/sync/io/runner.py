@@ -19,8 +19,8 @@ import os
 import sys
 import time
 from collections import deque
-from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, TextIO
 
@@ -32,10 +32,30 @@ from imgrep.kube.io.client import KubeClient, connect
 from imgrep.oci.io.copier import Copier, Progress
 from imgrep.oci.io.registry import RegistryClient
 from imgrep.oci.reference import Reference, Repo
-from imgrep.sync.plan import (COPIED, COPY, FAILED, MAX_INPUT_BYTES, MISSING, PRESENT, TAG_ONLY, BadInput, Meter,
-                               Outcome, Planned, Snapshot, Wanted, exit_code, images_of_objects, parse_input,
-                               render_done_line, render_plan, render_status, render_summary, target_collisions,
-                               unique_images)
+from imgrep.sync.plan import (
+    COPIED,
+    COPY,
+    FAILED,
+    MAX_INPUT_BYTES,
+    MISSING,
+    PRESENT,
+    TAG_ONLY,
+    BadInput,
+    Meter,
+    Outcome,
+    Planned,
+    Snapshot,
+    Wanted,
+    exit_code,
+    images_of_objects,
+    parse_input,
+    render_done_line,
+    render_plan,
+    render_status,
+    render_summary,
+    target_collisions,
+    unique_images,
+)
 
 __all__ = ["Syncer", "SyncRun", "Display", "MAX_JOBS", "DEFAULT_JOBS", "terminal_width", "read_input", "sync_inputs",
            "cluster_images", "run_sync"]
