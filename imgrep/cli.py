@@ -379,7 +379,7 @@ def run_serve(runtime: Runtime) -> int:
     metrics = runtime.telemetry.render
     health = _listen("HEALTH_PORT", config.health_port, health_router(lifecycle, inventory, metrics), logger,
                      lifecycle, max_body=MAX_BODY_BYTES)
-    server = _listen("PORT", config.port, webhook_router(webhook, mutator, metrics), logger, lifecycle,
+    server = _listen("PORT", config.port, webhook_router(webhook, mutator, metrics, logger), logger, lifecycle,
                      certificates=certificates, max_connections=config.max_connections, max_body=MAX_BODY_BYTES)
     # Blocked here, before any thread starts, so every thread inherits the mask and the
     # signals wait for sigwait below: no handler races a lock, and the main thread

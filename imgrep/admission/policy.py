@@ -40,6 +40,8 @@ class Decision:
     reason: str
     message: str = ""
     warnings: tuple[str, ...] = ()
+    #: JSONPatch operations (the mutating endpoint's answer); none for validation
+    patch: tuple[dict, ...] = ()
 
 
 @dataclass(frozen=True)

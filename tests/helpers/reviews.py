@@ -4,14 +4,20 @@ One builder for every test and benchmark that admits a workload: ``workload`` or
 makes the object, ``review`` wraps it in the request the API server would send, and
 ``review_bytes`` is that request as the body of a ``POST /validate`` or ``/mutate``.
 Tests of malformed reviews write their bodies by hand; these are always well formed.
+``post`` sends a body through the admission route to a service, as the server does.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import uuid
 
-__all__ = ["V1", "V1BETA1", "KINDS", "pod_spec", "workload", "pod", "review", "review_bytes"]
+from imgrep.observe.io.logs import Logger
+from imgrep.serve.endpoints import Admitting, admission_route
+from imgrep.serve.routes import Request
+
+__all__ = ["V1", "V1BETA1", "KINDS", "pod_spec", "workload", "pod", "review", "review_bytes", "post"]
 
 V1, V1BETA1 = "admission.k8s.io/v1", "admission.k8s.io/v1beta1"
 #: where each kind keeps its pod spec, and its API group and resource
@@ -84,3 +90,11 @@ def review(obj: dict | None, *, kind: str | None = None, operation: str = "CREAT
 def review_bytes(obj: dict | None, **options) -> bytes:
     """``review(obj, **options)`` as the JSON body the API server posts."""
     return json.dumps(review(obj, **options)).encode()
+
+
+def post(service: Admitting, body: bytes, content_type: str = "application/json",
+         logger: Logger | None = None) -> tuple[int, bytes]:
+    """(HTTP status, body) of ``POST /validate`` with ``body`` answered by ``service``."""
+    route = admission_route(service, logger or Logger(stream=io.StringIO()))
+    status, _, answer = route(Request("POST", "/validate", headers={"content-type": content_type}, body=body))
+    return status, answer

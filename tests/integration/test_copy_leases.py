@@ -24,7 +24,7 @@ from tests.helpers.engine import unique
 from tests.helpers.images import make_image, push_image
 from tests.helpers.kubeapi import FakeKubeAPI
 from tests.helpers.kubeobjects import write_kubeconfig_json
-from tests.helpers.reviews import pod, review_bytes
+from tests.helpers.reviews import pod, post, review_bytes
 
 NAMESPACE = "image-replicator"
 KEY = "registry.internal/mirror/app@sha256:" + "a" * 64
@@ -182,7 +182,7 @@ def test_ten_admissions_of_a_new_image_split_across_two_replicas_copy_it_once(ap
     try:
         with ThreadPoolExecutor(10) as pool:
             answers = list(pool.map(
-                lambda n: replicas[n % 2][1].handle(review_bytes(workload), "application/json"), range(10)))
+                lambda n: post(replicas[n % 2][1], review_bytes(workload), "application/json"), range(10)))
     finally:
         for runtime, _ in replicas:
             runtime.checker.close()

@@ -30,7 +30,7 @@ from imgrep.serve.routes import Request, Router
 from tests.helpers.engine import unique
 from tests.helpers.images import make_image, push_image
 from tests.helpers.registry import RegistryServer
-from tests.helpers.reviews import review_bytes, workload
+from tests.helpers.reviews import post, review_bytes, workload
 
 ROOT = Path(__file__).resolve().parents[2]
 class Admissions:
@@ -46,7 +46,7 @@ class Admissions:
         self.app = Router({("GET", "/images"): images_route(self.inventory)})
 
     def admit(self, obj: dict, **options) -> dict:
-        status, body = self.webhook.handle(review_bytes(obj, **options), "application/json")
+        status, body = post(self.webhook, review_bytes(obj, **options), "application/json")
         assert status == 200, body
         return json.loads(body)["response"]
 
@@ -173,7 +173,7 @@ def test_an_update_records_images_already_running_without_downgrading_them(start
 def test_a_request_that_does_not_decode_records_nothing(start, present):
     admissions = start()
 
-    status, _ = admissions.webhook.handle(b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}',
+    status, _ = post(admissions.webhook, b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}',
                                           "application/json")
 
     assert status == 400 and admissions.images() == []

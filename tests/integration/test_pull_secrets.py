@@ -18,7 +18,7 @@ from tests.helpers.engine import unique
 from tests.helpers.images import make_image, push_image
 from tests.helpers.kubeapi import FakeKubeAPI
 from tests.helpers.kubeobjects import b64, pull_secret, write_kubeconfig_json
-from tests.helpers.reviews import pod_spec, review_bytes, workload
+from tests.helpers.reviews import pod_spec, post, review_bytes, workload
 from tests.helpers.skopeo import inspect_raw
 
 ACCOUNT = "system:serviceaccount:image-replicator:image-replicator"
@@ -50,7 +50,7 @@ class Cluster:
         self.answers: list[bytes] = []
 
     def admit(self, *args, **kwargs) -> dict:
-        status, body = self.webhook.handle(review(*args, **kwargs), "application/json")
+        status, body = post(self.webhook, review(*args, **kwargs), "application/json")
         assert status == 200
         self.answers.append(body)
         return json.loads(body)["response"]

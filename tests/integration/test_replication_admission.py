@@ -20,7 +20,7 @@ from tests.helpers.engine import unique
 from tests.helpers.faultproxy import Fault, FaultProxy
 from tests.helpers.images import make_image, push_image
 from tests.helpers.registry import RegistryServer
-from tests.helpers.reviews import pod, review_bytes
+from tests.helpers.reviews import pod, post, review_bytes
 from tests.helpers.skopeo import inspect_raw
 
 
@@ -46,7 +46,7 @@ class Admission:
                                Logger("json", stream=self.log), replicator=self.runtime.replicator)
 
     def admit(self, *images: str, dry_run: bool = False) -> dict:
-        status, body = self.webhook.handle(review_bytes(pod(*images), dry_run=dry_run), "application/json")
+        status, body = post(self.webhook, review_bytes(pod(*images), dry_run=dry_run), "application/json")
         assert status == 200
         return json.loads(body)["response"]
 

@@ -15,7 +15,7 @@ from imgrep.observe.io.logs import Logger
 from imgrep.observe.io.telemetry import Telemetry
 from imgrep.oci.reference import parse_reference
 from imgrep.oci.results import EXISTS, REPLICATED, CheckResult
-from tests.helpers.reviews import review_bytes, workload
+from tests.helpers.reviews import post, review_bytes, workload
 
 TARGET = TargetRegistry("mirror.internal:5000", "cache")
 DIGEST = "sha256:" + "a" * 64
@@ -54,7 +54,7 @@ def review(*images: str, kind: str = "Pod", dry_run: bool = False, namespace: st
 
 
 def answer(subject: Mutator, body: bytes) -> dict:
-    status, raw = subject.handle(body, "application/json")
+    status, raw = post(subject, body, "application/json")
     assert status == 200
     response = json.loads(raw)["response"]
     assert response["allowed"] is True and "status" not in response
@@ -136,5 +136,5 @@ def test_an_internal_failure_is_allowed_without_a_patch_never_a_500_that_would_d
 ], ids=["not JSON", "wrong Content-Type"])
 def test_a_body_that_is_no_admission_review_gets_a_4xx_as_on_validate(fake, body, content_type, status):
     subject, _log, _telemetry = mutator(fake, target=TARGET, mutate=MUTATE_TARGET)
-    got, raw = subject.handle(body, content_type)
+    got, raw = post(subject, body, content_type)
     assert got == status and json.loads(raw)["error"]

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 
+from imgrep.admission.policy import Decision
 from imgrep.inventory.model import Inventory
+from imgrep.observe.io.logs import Logger
 from imgrep.serve.endpoints import health_router, webhook_router
 from imgrep.serve.routes import Request, Router, error_reply, json_reply
+from tests.helpers.reviews import V1BETA1, pod, review_bytes
 
 
 class Service:
-    def __init__(self, status: int = 200):
-        self.status = status
-        self.seen: list[tuple[bytes, str]] = []
+    def __init__(self, decision: Decision):
+        self.decision = decision
+        self.seen: list[str] = []
 
-    def handle(self, body: bytes, content_type: str) -> tuple[int, bytes]:
-        self.seen.append((body, content_type))
-        return self.status, b'{"kind":"AdmissionReview"}'
+    def admit(self, request):
+        self.seen.append(request.uid)
+        return self.decision
 
 
 class Life:
@@ -41,13 +46,45 @@ def test_the_query_string_is_split_from_the_path():
     assert Router.split_target("/healthz") == ("/healthz", "")
 
 
-def test_the_webhook_port_hands_the_body_and_content_type_to_each_service():
-    validate, mutate = Service(), Service(400)
-    router = webhook_router(validate, mutate, lambda: b"# metrics\n")
+PATCH = ({"op": "add", "path": "/metadata/labels", "value": {"a": "b"}},)
+
+
+def test_the_webhook_port_decodes_each_review_and_encodes_the_services_decision():
+    validate = Service(Decision(False, "missing", "imgrep: nginx:nope: not found", ("w",)))
+    mutate = Service(Decision(True, "rewritten", patch=PATCH))
+    log = io.StringIO()
+    router = webhook_router(validate, mutate, lambda: b"# metrics\n", Logger("json", stream=log))
     headers = {"content-type": "application/json; charset=utf-8"}
-    assert router.dispatch(Request("POST", "/validate", "", headers, b"{}"))[0] == 200
-    assert router.dispatch(Request("POST", "/mutate", "", headers, b"[]"))[0] == 400
-    assert validate.seen == [(b"{}", "application/json; charset=utf-8")] and mutate.seen == [(b"[]", headers["content-type"])]
+    status, _, body = router.dispatch(Request("POST", "/validate", "", headers, review_bytes(pod("a"), uid="v-1")))
+    assert status == 200 and json.loads(body)["response"] == {
+        "uid": "v-1", "allowed": False, "warnings": ["w"],
+        "status": {"code": 403, "reason": "Forbidden", "message": "imgrep: nginx:nope: not found"}}
+    body = router.dispatch(Request("POST", "/mutate", "", headers,
+                                   review_bytes(pod("a"), uid="m-1", api_version=V1BETA1)))[2]
+    answer = json.loads(body)
+    assert answer["apiVersion"] == V1BETA1 and answer["response"]["patchType"] == "JSONPatch"
+    assert json.loads(base64.b64decode(answer["response"]["patch"])) == list(PATCH)
+    assert validate.seen == ["v-1"] and mutate.seen == ["m-1"]
+
+
+def test_a_body_that_is_no_review_is_a_one_line_4xx_logged_and_never_reaches_a_service():
+    validate = Service(Decision(True, "ok"))
+    log = io.StringIO()
+    router = webhook_router(validate, validate, lambda: b"", Logger("json", stream=log))
+    json_type = {"content-type": "application/json"}
+    assert router.dispatch(Request("POST", "/mutate", "", json_type, b"[]")) == error_reply(
+        400, "request body is not a JSON object")
+    assert router.dispatch(Request("POST", "/validate", "", {"content-type": "text/plain"}, b"{}")) == error_reply(
+        415, "Content-Type must be application/json")
+    assert validate.seen == []
+    lines = [json.loads(line) for line in log.getvalue().splitlines()]
+    assert [(line["event"], line["path"], line["status"]) for line in lines] == [
+        ("bad_request", "/mutate", 400), ("bad_request", "/validate", 415)]
+
+
+def test_the_metrics_are_on_both_ports_and_the_inventory_on_the_health_port_only():
+    router = webhook_router(Service(Decision(True, "ok")), Service(Decision(True, "ok")), lambda: b"# metrics\n",
+                            Logger(stream=io.StringIO()))
     assert router.dispatch(Request("GET", "/metrics"))[2] == b"# metrics\n"
     assert router.dispatch(Request("GET", "/images"))[0] == 404  # the inventory is on the health port only
 

@@ -1,4 +1,4 @@
-"""The mutating endpoint's work (``POST /mutate``): decode, look up, patch, record, answer.
+"""The mutating endpoint's work (``POST /mutate``): look up, patch, record.
 
 HTTP-agnostic like :mod:`imgrep.admission.io.service`, whose lookups and copies it shares: a Pod's images
 are checked and (``MUTATE=true``, not on dry run) copied as validation would, within the same
@@ -13,11 +13,11 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from imgrep.admission.io.service import Webhook, error_body, log_fields, read_review
+from imgrep.admission.io.service import Webhook, log_fields
 from imgrep.admission.mutation import build_patch, needs_rewrite, replacement, skip_reason
-from imgrep.admission.review import AdmissionRequest, encode_response
+from imgrep.admission.policy import Decision
+from imgrep.admission.review import AdmissionRequest
 from imgrep.config import MUTATE_OFF, MUTATE_TARGET, Config
-from imgrep.errors import BadAdmissionReview
 from imgrep.observe.io.logs import Logger
 from imgrep.observe.io.telemetry import Telemetry
 from imgrep.oci.reference import Reference
@@ -34,14 +34,9 @@ class Mutator:
         self.logger = logger
         self.clock = clock
 
-    def handle(self, body: bytes, content_type: str) -> tuple[int, bytes]:
-        """(HTTP status, JSON body): 200 with an AdmissionReview that allows, or 4xx with a one-line reason."""
+    def admit(self, request: AdmissionRequest) -> Decision:
+        """Always allowed; with a patch when an image is rewritten."""
         started = self.clock()
-        try:
-            request = read_review(body, content_type)
-        except BadAdmissionReview as exc:
-            self.logger.warning("bad_request", path="/mutate", reason=exc.reason, status=exc.status)
-            return exc.status, error_body(exc.reason)
         try:
             reason, rewritten = self._rewrites(request, started + self.config.admission_budget_seconds)
             patch = build_patch(request.obj, rewritten)
@@ -49,7 +44,7 @@ class Mutator:
             self.logger.error("mutation_failed", uid=request.uid, error=f"{type(exc).__name__}: {exc}"[:300])
             reason, rewritten, patch = "internal_error", {}, []
         self._record(request, reason, rewritten if patch else {}, self.clock() - started)
-        return 200, encode_response(request.api_version, request.uid, True, patch=patch)
+        return Decision(True, reason, patch=tuple(patch))
 
     def _rewrites(self, request: AdmissionRequest, deadline: float) -> tuple[str, dict[str, str]]:
         """(the metrics/log reason, image as written → what it becomes)."""

@@ -1,13 +1,12 @@
-"""The admission endpoint's work: decode, triage, check, decide, record, answer.
+"""The validating endpoint's work: triage, check, decide, record.
 
-HTTP-agnostic: the server hands over the body and sends back what this returns.
-Every image of every request that decodes reaches the inventory, skipped and
-excluded ones included (README "Inventory").
+HTTP-agnostic: the route (``imgrep.serve.endpoints``) decodes the AdmissionReview and
+encodes the :class:`Decision` this returns. Every image of every request reaches the
+inventory, skipped and excluded ones included (README "Inventory").
 """
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Callable
 
@@ -15,18 +14,16 @@ from imgrep.admission.io.checker import ImageChecker
 from imgrep.admission.io.replicator import Replicator
 from imgrep.admission.io.tenant_credentials import PullSecretSource
 from imgrep.admission.policy import POD_KINDS, Decision, decide, too_many_images, triage
-from imgrep.admission.review import WORKLOAD_KINDS, AdmissionRequest, decode_review, encode_response
+from imgrep.admission.review import WORKLOAD_KINDS, AdmissionRequest
 from imgrep.config import MUTATE_TARGET, Config
-from imgrep.errors import BadAdmissionReview
 from imgrep.inventory.io.store import InventoryStore
 from imgrep.inventory.model import Inventory
 from imgrep.observe.io.logs import Logger
 from imgrep.observe.io.telemetry import Telemetry
 from imgrep.oci.results import CheckResult
 
-__all__ = ["Webhook", "JSON", "read_review", "error_body", "log_fields"]
+__all__ = ["Webhook", "log_fields"]
 
-JSON = "application/json"
 #: share of the admission budget kept back from source checks when replicating: a source
 #: that hangs (packets dropped) still leaves time to find the image in the target and
 #: admit it with a warning (README "Replication": the source unreachable, the target holding the tag)
@@ -35,21 +32,10 @@ TARGET_FALLBACK_SHARE = 0.25
 _OPERATIONS = frozenset({"CREATE", "UPDATE", "DELETE", "CONNECT"})
 
 
-def error_body(reason: str) -> bytes:
-    return json.dumps({"error": reason}, separators=(",", ":")).encode("utf-8")
-
-
 def log_fields(request: AdmissionRequest) -> dict[str, str]:
     """What each log line about a request names first: a Pod's mutation and admission lines share them."""
     return {"uid": request.uid, "kind": request.kind, "operation": request.operation,
             "namespace": request.namespace, "name": request.name}
-
-
-def read_review(body: bytes, content_type: str) -> AdmissionRequest:
-    """The request of an AdmissionReview body; BadAdmissionReview (its status a 4xx) when there is none."""
-    if content_type.split(";")[0].strip().lower() != JSON:
-        raise BadAdmissionReview("Content-Type must be application/json", status=415)
-    return decode_review(body)
 
 
 class Webhook:
@@ -77,23 +63,17 @@ class Webhook:
         self.wall_clock = wall_clock
         self.pull_secrets = pull_secrets
 
-    def handle(self, body: bytes, content_type: str) -> tuple[int, bytes]:
-        """(HTTP status, JSON body): 200 with an AdmissionReview, or 4xx with a one-line reason."""
+    def admit(self, request: AdmissionRequest) -> Decision:
+        """Allowed or denied within ``ADMISSION_BUDGET_SECONDS``, counted, logged and recorded."""
         started = self.clock()
         self.telemetry.admission_in_flight.inc()
         try:
-            request = read_review(body, content_type)
             decision, results = self._decide(request, started + self.config.admission_budget_seconds)
             self._remember(request, results)
-        except BadAdmissionReview as exc:
-            self.logger.warning("bad_request", reason=exc.reason, status=exc.status)
-            return exc.status, error_body(exc.reason)
         finally:
             self.telemetry.admission_in_flight.dec()
-        elapsed = self.clock() - started
-        self._record(request, decision, elapsed)
-        return 200, encode_response(request.api_version, request.uid, decision.allowed,
-                                    decision.message, decision.warnings)
+        self._record(request, decision, self.clock() - started)
+        return decision
 
     def _decide(self, request: AdmissionRequest, deadline: float) -> tuple[Decision, list[CheckResult]]:
         """The decision and the check results behind it (none when triage allowed at once)."""
