@@ -23,6 +23,7 @@ from urllib.parse import urlencode, urlsplit
 
 from imgrep import __version__
 from imgrep.admission.io.checker import ImageChecker
+from imgrep.admission.io.gatekeeper import GateKeeper
 from imgrep.admission.io.mutator import Mutator
 from imgrep.admission.io.replicator import Replicator
 from imgrep.admission.io.service import Webhook
@@ -322,7 +323,10 @@ def cluster_features(runtime: Runtime) -> ClusterFeatures:
     said = {"api": connection.description}
     pull_secrets = None
     if connection.client is None:
-        said["pull_secrets"] = said["cluster_inventory"] = said["copy_leases"] = "off: no API access"
+        if config.gate_pods:
+            raise ConfigError("GATE_PODS", f"true needs the Kubernetes API, which is {connection.description}")
+        for feature in ("pull_secrets", "cluster_inventory", "copy_leases", "gate_pods"):
+            said[feature] = "off: no API access"
         return ClusterFeatures(None, None, said)
     if not config.kube.pull_secrets:
         said["pull_secrets"] = "off: PULL_SECRETS=false"
@@ -341,13 +345,33 @@ def cluster_features(runtime: Runtime) -> ClusterFeatures:
         said["copy_leases"] = "off: COPY_LEASES=false"
     else:
         namespace = config.kube.pod_namespace or connection.client.namespace or "image-replicator"
-        identity = config.kube.pod_name or socket.gethostname()
+        identity = _identity(config)
         leases = CopyLeases(connection.client, namespace, identity, runtime.logger,
                             duration=config.kube.copy_lease_seconds)
         runtime.replicator.exclusive = leases.exclusive
         said["copy_leases"] = (f"on, as {identity} in namespace {namespace} (needs get, create, update, delete "
                                "on leases there)")
+    said["gate_pods"] = ("on (needs list and update on pods and create on events cluster-wide)" if config.gate_pods
+                         else "off: GATE_PODS=false")
     return ClusterFeatures(connection.client, pull_secrets, said)
+
+
+def start_gatekeeper(runtime: Runtime, features: ClusterFeatures, webhook: Webhook,
+                     mutator: Mutator) -> GateKeeper | None:
+    """The gatekeeper, told when /mutate gates a Pod and when a copy ends (README "Scheduling gates")."""
+    if not runtime.config.gate_pods or features.kube is None:
+        return None
+    gatekeeper = GateKeeper(features.kube, webhook, runtime.config, runtime.telemetry, runtime.logger,
+                            identity=_identity(runtime.config))
+    mutator.on_gated = gatekeeper.after_gating
+    runtime.replicator.after_copy = gatekeeper.wake
+    gatekeeper.start()
+    return gatekeeper
+
+
+def _identity(config: Config) -> str:
+    """This replica's name in Leases and Events: its Pod's name (``POD_NAME``), else the host name."""
+    return config.kube.pod_name or socket.gethostname()
 
 
 def start_cluster_inventory(runtime: Runtime, features: ClusterFeatures, inventory: Inventory,
@@ -391,6 +415,7 @@ def run_serve(runtime: Runtime) -> int:
     lifecycle.ready = True
     logger.info("started", version=__version__, config=config.summary(), cluster=cluster.said)
     watcher = start_cluster_inventory(runtime, cluster, inventory, inventory_store)
+    gatekeeper = start_gatekeeper(runtime, cluster, webhook, mutator)
     signal.sigwait(stop_signals)
     lifecycle.draining = True
     logger.info("draining", delay_seconds=config.shutdown_delay_seconds)
@@ -398,8 +423,9 @@ def run_serve(runtime: Runtime) -> int:
     # an answer in progress needs at most the admission budget
     server.drain(grace=config.admission_budget_seconds + 2)
     health.drain(grace=1)
-    if watcher is not None:
-        watcher.stop()
+    for background in (watcher, gatekeeper):
+        if background is not None:
+            background.stop()
     if inventory_store is not None:
         inventory_store.close()
     logger.info("stopped")

@@ -77,6 +77,9 @@ class Config:
     copy_concurrency: int = 4
     #: POST /mutate: MUTATE_OFF, MUTATE_TARGET or MUTATE_PIN
     mutate: str = MUTATE_OFF
+    #: Pods whose copies are still running are admitted behind a scheduling gate, released when the
+    #: copies are done (``GATE_PODS``, README "Scheduling gates"); needs MUTATE_TARGET and the API
+    gate_pods: bool = False
     #: cloud credential providers (README "Cloud registries")
     cloud: CloudSettings = field(default_factory=CloudSettings)
     #: one registry request, retried on 429/5xx/network faults when idempotent (README "Retries")
@@ -232,6 +235,7 @@ def load_config(environ: Mapping[str, str], read_text: Callable[[str], str] = _r
     if port == health_port:
         raise ConfigError("HEALTH_PORT", f"must differ from PORT ({port})")
     inventory_file = env.raw("INVENTORY_FILE") or None
+    mutate, kube = _mutate(env, target), _kube(env)
     return Config(
         port=port,
         health_port=health_port,
@@ -262,10 +266,22 @@ def load_config(environ: Mapping[str, str], read_text: Callable[[str], str] = _r
         shutdown_delay_seconds=env.number("SHUTDOWN_DELAY_SECONDS", 2.0, minimum=0, maximum=60),
         max_connections=int(env.number("MAX_CONNECTIONS", 256, minimum=1, maximum=10_000, integer=True)),
         copy_concurrency=int(env.number("COPY_CONCURRENCY", 4, minimum=1, maximum=64, integer=True)),
-        mutate=_mutate(env, target),
+        mutate=mutate,
+        gate_pods=_gate_pods(env, mutate, kube),
         cloud=cloud_settings,
-        kube=_kube(env),
+        kube=kube,
     )
+
+
+def _gate_pods(env: _Reader, mutate: str, kube: KubeSettings) -> bool:
+    if not env.boolean("GATE_PODS", False):
+        return False
+    if mutate != MUTATE_TARGET:
+        raise ConfigError("GATE_PODS", "true releases gated Pods pointed at their TARGET_REGISTRY copies, "
+                                       "and MUTATE is not true")
+    if kube.mode == "off":
+        raise ConfigError("GATE_PODS", "true updates gated Pods through the Kubernetes API, and KUBERNETES_API=off")
+    return True
 
 
 def _kube(env: _Reader) -> KubeSettings:

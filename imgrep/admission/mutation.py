@@ -27,7 +27,8 @@ from imgrep.errors import InvalidReference
 from imgrep.oci.reference import Reference, parse_reference
 from imgrep.oci.results import EXISTS, REPLICATED, CheckResult
 
-__all__ = ["ORIGINAL_IMAGES", "skip_reason", "needs_rewrite", "replacement", "mirrored", "pinned", "build_patch"]
+__all__ = ["ORIGINAL_IMAGES", "skip_reason", "needs_rewrite", "replacement", "mirrored", "pinned", "build_patch",
+           "pointer", "merged_originals"]
 
 ORIGINAL_IMAGES = "image-replicator.io/original-images"
 
@@ -96,7 +97,7 @@ def replacement(result: CheckResult, mode: str, target: TargetRegistry | None,
     return mirrored(reference, target.host, target_repository(reference), result.digest)
 
 
-def _pointer(*parts: str | int) -> str:
+def pointer(*parts: str | int) -> str:
     """A JSON Pointer (RFC 6901): ``~`` and ``/`` in a part are escaped."""
     return "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in parts)
 
@@ -114,18 +115,22 @@ def _recorded(text: Any) -> dict[str, str]:
     return {name: image for name, image in value.items() if isinstance(image, str)}
 
 
-def _annotation(metadata: Any, originals: dict[str, str]) -> dict[str, Any]:
-    """The operation that records ``originals``, merged over what an earlier call recorded (the newer wins:
+def merged_originals(recorded: Any, originals: Mapping[str, str]) -> str:
+    """The annotation's text: ``originals`` over what an earlier rewrite ``recorded`` (the newer wins:
     on UPDATE a container's image may be replaced and rewritten again)."""
+    return json.dumps({**_recorded(recorded), **originals}, sort_keys=True, separators=(",", ":"))
+
+
+def _annotation(metadata: Any, originals: dict[str, str]) -> dict[str, Any]:
+    """The operation that records ``originals`` in the annotation."""
     annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
-    recorded = _recorded(annotations.get(ORIGINAL_IMAGES)) if isinstance(annotations, dict) else {}
-    text = json.dumps({**recorded, **originals}, sort_keys=True, separators=(",", ":"))
+    text = merged_originals(annotations.get(ORIGINAL_IMAGES) if isinstance(annotations, dict) else None, originals)
     if not isinstance(metadata, dict):
         return {"op": "add", "path": "/metadata", "value": {"annotations": {ORIGINAL_IMAGES: text}}}
     if not isinstance(annotations, dict):
         return {"op": "add", "path": "/metadata/annotations", "value": {ORIGINAL_IMAGES: text}}
     op = "replace" if ORIGINAL_IMAGES in annotations else "add"
-    return {"op": op, "path": _pointer("metadata", "annotations", ORIGINAL_IMAGES), "value": text}
+    return {"op": op, "path": pointer("metadata", "annotations", ORIGINAL_IMAGES), "value": text}
 
 
 def build_patch(pod: Any, replacements: Mapping[str, str]) -> list[dict[str, Any]]:
@@ -148,7 +153,7 @@ def build_patch(pod: Any, replacements: Mapping[str, str]) -> list[dict[str, Any
             new = replacements.get(image) if isinstance(image, str) else None
             if new is None or new == image:
                 continue
-            operations.append({"op": "replace", "path": _pointer("spec", list_name, index, "image"), "value": new})
+            operations.append({"op": "replace", "path": pointer("spec", list_name, index, "image"), "value": new})
             name = container.get("name")
             originals[name if isinstance(name, str) and name else f"{list_name}[{index}]"] = image
     if not operations:

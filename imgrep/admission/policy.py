@@ -14,7 +14,7 @@ from imgrep.admission.review import WORKLOAD_KINDS, AdmissionRequest
 from imgrep.oci.results import EXISTS, REPLICATED, CheckResult
 
 __all__ = ["Decision", "Pass", "triage", "too_many_images", "decide", "CHECKED_SUBRESOURCES", "MAX_IMAGES",
-           "POD_KINDS", "REPLICATING_WARNING"]
+           "POD_KINDS", "REPLICATING_WARNING", "GATED_WARNING"]
 
 CHECKED_SUBRESOURCES = frozenset({"", "ephemeralcontainers"})
 CHECKED_OPERATIONS = frozenset({"CREATE", "UPDATE"})
@@ -31,6 +31,7 @@ MAX_WARNING = 250
 #: apply``: it is admitted while its copies run (issue "Pods-first replication").
 POD_KINDS = frozenset({"Pod", "EphemeralContainers"})
 REPLICATING_WARNING = "replicating; its pods are admitted once the copy is complete"
+GATED_WARNING = "replicating; the pod is scheduled once the copy is complete"
 
 
 @dataclass(frozen=True)
@@ -87,9 +88,9 @@ def _describe(result: CheckResult) -> str:
     return f"{result.image}: {result.reason}{detail}"
 
 
-def _replicating(result: CheckResult) -> str:
+def _replicating(result: CheckResult, what: str) -> str:
     progress = f" ({result.detail})" if result.detail else ""
-    return f"imgrep: {result.image}: {REPLICATING_WARNING}{progress}"[:MAX_WARNING]
+    return f"imgrep: {result.image}: {what}{progress}"[:MAX_WARNING]
 
 
 def decide(
@@ -98,22 +99,24 @@ def decide(
     *,
     mode: str,
     error_policy: str,
+    gated: bool = False,
 ) -> Decision:
     """Deny naming every failing image, unless audit mode or the error policy allows.
 
     ``REGISTRY_ERROR_POLICY=allow`` only forgives temporary registry trouble
     (unreachable, 5xx, timeouts), never a missing image or a refused login. A workload
-    whose images are still being copied is allowed with a warning; a Pod is not.
+    whose images are still being copied is allowed with a warning; so is a ``gated`` Pod,
+    held at its scheduling gate until imgrep releases it; any other Pod is not.
     """
     failures = [r for r in results if r.status not in OK_STATUSES]
     # warnings about images that are admitted: served from the target, or (workloads) still copying
     notes = tuple(f"imgrep: {_describe(r)}"[:MAX_WARNING] for r in results if r.status in OK_STATUSES and r.reason)
-    if request.kind not in POD_KINDS:
+    if request.kind not in POD_KINDS or gated:
         copying = [r for r in failures if r.copying]
         failures = [r for r in failures if not r.copying]
-        notes += tuple(_replicating(r) for r in copying)
+        notes += tuple(_replicating(r, GATED_WARNING if gated else REPLICATING_WARNING) for r in copying)
         if copying and not failures:
-            return Decision(True, "replicating_allowed", warnings=notes)
+            return Decision(True, "replicating_gated" if gated else "replicating_allowed", warnings=notes)
     if not failures:
         return Decision(True, "served_from_target" if notes else "ok", warnings=notes)
     forgiven = [r for r in failures if error_policy == "allow" and r.temporary]

@@ -20,16 +20,21 @@ __all__ = [
     "extract_images",
     "pull_secret_names",
     "template_service_account",
+    "scheduling_gates",
+    "pod_request",
     "encode_response",
     "API_VERSIONS",
     "WORKLOAD_KINDS",
     "MAX_BODY_BYTES",
     "SKIP_LABEL",
+    "SCHEDULING_GATE",
 ]
 
 API_VERSIONS = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")
 MAX_BODY_BYTES = 3 * 1024 * 1024  # the API server's own request limit (README "Endpoints")
 SKIP_LABEL = "image-replicator.io/skip"
+#: the ``spec.schedulingGates`` entry of a Pod admitted while its copies run (README "Scheduling gates")
+SCHEDULING_GATE = "image-replicator.io/replicating"
 CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
 #: where each kind keeps its pod spec
 _POD_SPEC_PATHS = {
@@ -68,10 +73,21 @@ class AdmissionRequest:
     service_account: str = ""
     #: ``request.object`` as sent, for the mutating endpoint's patch (JSONPatch paths point into it)
     obj: Any = field(default=None, compare=False, repr=False)
+    #: whether the object, and ``oldObject``, carry imgrep's scheduling gate
+    gated: bool = False
+    was_gated: bool = False
+
+    @property
+    def gate_removed(self) -> bool:
+        """An UPDATE that lets a gated Pod schedule: from here on nodes pull every one of its images."""
+        return self.was_gated and not self.gated
 
     @property
     def new_images(self) -> tuple[str, ...]:
-        """On UPDATE only images not already in oldObject are checked (README "What gets checked")."""
+        """On UPDATE only images not already in oldObject are checked (README "What gets checked"), unless
+        the update removes imgrep's gate: then all of them, as for a new Pod."""
+        if self.gate_removed:
+            return self.images
         return tuple(image for image in self.images if image not in self.old_images)
 
 
@@ -132,7 +148,27 @@ def decode_review(body: bytes) -> AdmissionRequest:
         pull_secrets=pull_secret_names(kind, obj),
         service_account=template_service_account(kind, obj),
         obj=obj,
+        gated=kind == "Pod" and SCHEDULING_GATE in scheduling_gates(obj),
+        was_gated=kind == "Pod" and SCHEDULING_GATE in scheduling_gates(old),
     )
+
+
+def pod_request(pod: dict) -> AdmissionRequest:
+    """A stored Pod as the request that would admit its images again: what the gatekeeper looks up
+    with, the Pod's pull secrets included."""
+    metadata = pod.get("metadata") or {}
+    return AdmissionRequest(
+        api_version=API_VERSIONS[0], uid=_text(metadata.get("uid")), kind="Pod", operation="UPDATE",
+        namespace=_text(metadata.get("namespace")), name=_text(metadata.get("name")),
+        images=extract_images("Pod", pod), pull_secrets=pull_secret_names("Pod", pod), obj=pod,
+        gated=SCHEDULING_GATE in scheduling_gates(pod))
+
+
+def scheduling_gates(pod: Any) -> tuple[str, ...]:
+    """The names in a Pod's ``spec.schedulingGates``."""
+    gates = _get(pod, "spec", "schedulingGates")
+    names = [gate.get("name") for gate in gates if isinstance(gate, dict)] if isinstance(gates, list) else []
+    return tuple(name for name in names if isinstance(name, str))
 
 
 def _containers(kind: str, obj: Any) -> Iterator[dict]:

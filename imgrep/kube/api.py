@@ -31,6 +31,7 @@ __all__ = [
     "SECRETS",
     "SERVICE_ACCOUNTS",
     "PODS",
+    "EVENTS",
     "LEASES",
     "PODS_PROXY",
     "error_for",
@@ -82,6 +83,7 @@ class Resource:
 SECRETS = Resource("secrets", kind="Secret")
 SERVICE_ACCOUNTS = Resource("serviceaccounts", kind="ServiceAccount")
 PODS = Resource("pods", kind="Pod")
+EVENTS = Resource("events", kind="Event")
 LEASES = Resource("leases", "coordination.k8s.io", "v1", kind="Lease")
 #: the pods' proxy subresource, as RBAC names it
 PODS_PROXY = Resource("pods/proxy")

@@ -287,3 +287,14 @@ def test_target_contains_only_its_own_host_under_its_prefix(registry, repository
 def test_a_target_without_prefix_contains_every_repository_of_its_host():
     assert TargetRegistry("mirror.local").contains("mirror.local", "library/nginx")
     assert not TargetRegistry("mirror.local").contains("other.local", "library/nginx")
+
+
+def test_gate_pods_is_off_by_default_and_needs_mutation_to_the_target_and_the_api():
+    assert load({}).gate_pods is False
+    assert load({"GATE_PODS": "true", "MUTATE": "true", "TARGET_REGISTRY": "mirror.local"}).gate_pods is True
+    with pytest.raises(ConfigError, match="GATE_PODS.*MUTATE is not true"):
+        load({"GATE_PODS": "true", "MUTATE": "pin"})
+    with pytest.raises(ConfigError, match="GATE_PODS.*KUBERNETES_API=off"):
+        load({"GATE_PODS": "true", "MUTATE": "true", "TARGET_REGISTRY": "mirror.local", "KUBERNETES_API": "off"})
+    with pytest.raises(ConfigError, match="GATE_PODS"):
+        load({"GATE_PODS": "maybe"})

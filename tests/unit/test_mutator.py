@@ -14,7 +14,7 @@ from imgrep.config import MUTATE_PIN, MUTATE_TARGET, Config, TargetRegistry
 from imgrep.observe.io.logs import Logger
 from imgrep.observe.io.telemetry import Telemetry
 from imgrep.oci.reference import parse_reference
-from imgrep.oci.results import EXISTS, REPLICATED, CheckResult
+from imgrep.oci.results import ERROR, EXISTS, REPLICATED, CheckResult
 from tests.helpers.reviews import post, review_bytes, workload
 
 TARGET = TargetRegistry("mirror.internal:5000", "cache")
@@ -24,17 +24,22 @@ DIGEST = "sha256:" + "a" * 64
 class FakeWebhook:
     """Stands in for imgrep.admission.io.service.Webhook.look_up: the answers it is given, and what it was asked."""
 
-    def __init__(self, status: str = REPLICATED, fail: Exception | None = None):
+    def __init__(self, status: str = REPLICATED, fail: Exception | None = None, copying: frozenset[str] = frozenset()):
         self.status = status
         self.fail = fail
+        self.copying = copying
         self.calls: list[tuple[list[str], bool]] = []
+        self.waited: list[bool] = []
         self.replicator = Replicator(copier=None, client=None, target=TARGET, include_registry=False, timeout=60)
 
-    def look_up(self, images, deadline, *, replicate, request=None):
+    def look_up(self, images, deadline, *, replicate, wait_for_copies=True, request=None):
         self.calls.append((list(images), replicate))
+        self.waited.append(wait_for_copies)
         if self.fail:
             raise self.fail
-        return [CheckResult(image, self.status, parse_reference(image), digest=DIGEST) for image in images]
+        return [CheckResult(image, ERROR, parse_reference(image), digest=DIGEST, reason="replicating, retry shortly",
+                            copying=True) if image in self.copying
+                else CheckResult(image, self.status, parse_reference(image), digest=DIGEST) for image in images]
 
 
 @pytest.fixture
@@ -138,3 +143,44 @@ def test_a_body_that_is_no_admission_review_gets_a_4xx_as_on_validate(fake, body
     subject, _log, _telemetry = mutator(fake, target=TARGET, mutate=MUTATE_TARGET)
     got, raw = post(subject, body, content_type)
     assert got == status and json.loads(raw)["error"]
+
+
+def gating(webhook: FakeWebhook) -> tuple[Mutator, list[str]]:
+    subject, _log, _telemetry = mutator(webhook, target=TARGET, mutate=MUTATE_TARGET, gate_pods=True)
+    told: list[str] = []
+    subject.on_gated = lambda: told.append("gated")
+    return subject, told
+
+
+def test_with_gates_a_pod_whose_copy_runs_is_gated_at_once_and_what_is_done_rewritten():
+    webhook = FakeWebhook(copying=frozenset({"big:1"}))
+    try:
+        subject, told = gating(webhook)
+        patch = patch_of(answer(subject, review("nginx:1.27", "big:1")))
+        assert webhook.waited == [False]  # admitted at once: the copy goes on behind the gate
+        assert patch[0]["value"] == f"mirror.internal:5000/cache/library/nginx:1.27@{DIGEST}"
+        assert {"op": "add", "path": "/spec/schedulingGates",
+                "value": [{"name": "image-replicator.io/replicating"}]} in patch
+        assert {"op": "add", "path": "/metadata/labels/image-replicator.io~1gated", "value": "true"} in patch
+        assert all(op.get("value") != "big:1" for op in patch) and told == ["gated"]
+        assert subject.telemetry.mutation_requests.value(result="patched", reason="gated") == 1
+    finally:
+        webhook.replicator.close()
+
+
+@pytest.mark.parametrize(("operation", "dry_run"), [("UPDATE", False), ("CREATE", True)], ids=["update", "dry run"])
+def test_gates_are_set_only_when_a_pod_is_created_for_real(operation, dry_run):
+    webhook = FakeWebhook(copying=frozenset({"big:1"}))
+    try:
+        subject, told = gating(webhook)
+        body = review_bytes(workload("Pod", ("big:1",), name="web", namespace="shop"), operation=operation,
+                            old=workload("Pod", (), name="web", namespace="shop"), dry_run=dry_run, uid="u-1")
+        assert "patch" not in answer(subject, body) and told == []
+    finally:
+        webhook.replicator.close()
+
+
+def test_without_gates_a_pod_waits_for_its_copies_within_the_budget(fake):
+    subject, _log, _telemetry = mutator(fake, target=TARGET, mutate=MUTATE_TARGET)
+    answer(subject, review("nginx:1.27"))
+    assert fake.waited == [True]

@@ -214,3 +214,29 @@ def test_a_copying_workload_is_allowed_beside_an_image_served_from_the_target():
     decision = decide(request(kind="CronJob"), [served, COPYING], mode="enforce", error_policy="deny")
     assert (decision.allowed, decision.reason) == (True, "replicating_allowed")
     assert ["served from target" in w for w in decision.warnings] == [True, False]
+
+
+# --- scheduling gates: a gated Pod waits at its gate --------------------------------------------
+
+def test_a_pod_at_imgreps_gate_is_admitted_while_its_copy_runs():
+    decision = decide(request(gated=True), [exists("app:1"), COPYING], mode="enforce", error_policy="deny",
+                      gated=True)
+    assert (decision.allowed, decision.reason) == (True, "replicating_gated")
+    assert decision.warnings == (
+        "imgrep: registry.internal:5000/team/big:v3: replicating; the pod is scheduled once the copy is complete"
+        " (12.0 of 310.5 MiB)",)
+
+
+@pytest.mark.parametrize("lasting", [MISSING_IMAGE, UNAUTHORIZED, COPY_FAILED])
+def test_a_gated_pod_is_still_denied_for_what_no_copy_will_mend(lasting):
+    decision = decide(request(gated=True), [COPYING, lasting], mode="enforce", error_policy="deny", gated=True)
+    assert decision.allowed is False and lasting.image in decision.message
+
+
+def test_removing_the_gate_checks_every_image_again_as_for_a_new_pod():
+    old = frozenset({"app:1", "mirror/app@sha256:" + "a" * 64})
+    held = request(images=tuple(sorted(old)), old_images=old, operation="UPDATE", gated=True, was_gated=True)
+    assert held.new_images == () and not held.gate_removed
+    released = dataclasses.replace(held, gated=False)
+    assert released.gate_removed and released.new_images == held.images
+    assert triage(released, EXCLUDED) is None  # checked, not passed as "no new images"

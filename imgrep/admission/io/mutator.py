@@ -3,6 +3,8 @@
 HTTP-agnostic like :mod:`imgrep.admission.io.service`, whose lookups and copies it shares: a Pod's images
 are checked and (``MUTATE=true``, not on dry run) copied as validation would, within the same
 budget, and what the target is confirmed to hold is rewritten (:mod:`imgrep.admission.mutation`).
+With ``GATE_PODS`` a Pod being created does not wait for its copies: it is admitted behind
+imgrep's scheduling gate (:mod:`imgrep.admission.gates`) and released by the gatekeeper.
 It never denies: whatever goes wrong, the answer is allowed without a patch, and validation,
 which runs after every mutation, decides. Images reach the inventory through validation, as
 the Pod will run them.
@@ -11,8 +13,10 @@ the Pod will run them.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import Callable
 
+from imgrep.admission.gates import gate_operations
 from imgrep.admission.io.service import Webhook, log_fields
 from imgrep.admission.mutation import build_patch, needs_rewrite, replacement, skip_reason
 from imgrep.admission.policy import Decision
@@ -25,6 +29,16 @@ from imgrep.oci.reference import Reference
 __all__ = ["Mutator"]
 
 
+@dataclass(frozen=True)
+class _Lookup:
+    """What the registries said of a Pod's images: the metrics/log reason, image as written → what it
+    becomes, and whether the Pod waits at imgrep's gate for copies still running."""
+
+    reason: str
+    rewritten: dict[str, str] = field(default_factory=dict)
+    gated: bool = False
+
+
 class Mutator:
     def __init__(self, config: Config, webhook: Webhook, telemetry: Telemetry, logger: Logger,
                  clock: Callable[[], float] = time.monotonic):
@@ -33,51 +47,62 @@ class Mutator:
         self.telemetry = telemetry
         self.logger = logger
         self.clock = clock
+        #: told when a Pod is admitted behind the gate (the gatekeeper looks for it soon); set before serving
+        self.on_gated: Callable[[], None] | None = None
 
     def admit(self, request: AdmissionRequest) -> Decision:
-        """Always allowed; with a patch when an image is rewritten."""
+        """Always allowed; with a patch when an image is rewritten or the Pod is gated."""
         started = self.clock()
         try:
-            reason, rewritten = self._rewrites(request, started + self.config.admission_budget_seconds)
-            patch = build_patch(request.obj, rewritten)
+            lookup = self._look_up(request, started + self.config.admission_budget_seconds)
+            patch = build_patch(request.obj, lookup.rewritten)
+            if lookup.gated:
+                patch += gate_operations(request.obj)
         except Exception as exc:  # the endpoint's boundary: a 500 would deny the Pod (failurePolicy: Fail)
             self.logger.error("mutation_failed", uid=request.uid, error=f"{type(exc).__name__}: {exc}"[:300])
-            reason, rewritten, patch = "internal_error", {}, []
-        self._record(request, reason, rewritten if patch else {}, self.clock() - started)
-        return Decision(True, reason, patch=tuple(patch))
+            lookup, patch = _Lookup("internal_error"), []
+        if lookup.gated and patch and self.on_gated is not None:
+            self.on_gated()
+        self._record(request, lookup, bool(patch), self.clock() - started)
+        return Decision(True, lookup.reason, patch=tuple(patch))
 
-    def _rewrites(self, request: AdmissionRequest, deadline: float) -> tuple[str, dict[str, str]]:
-        """(the metrics/log reason, image as written → what it becomes)."""
+    def _look_up(self, request: AdmissionRequest, deadline: float) -> _Lookup:
         mode, target = self.config.mutate, self.config.target
         if mode == MUTATE_OFF:
-            return "off", {}
+            return _Lookup("off")
         skipped = skip_reason(request, self.config.excluded_namespaces)
         if skipped is not None:
-            return skipped, {}
+            return _Lookup(skipped)
         images = [image for image in request.new_images if needs_rewrite(image, mode, target)]
         if not images:
-            return "already_rewritten", {}
+            return _Lookup("already_rewritten")
         replicate = mode == MUTATE_TARGET and not request.dry_run  # sideEffects: NoneOnDryRun
-        results = self.webhook.look_up(images, deadline, replicate=replicate, request=request)
+        # gates can be set only when a Pod is created (README "Scheduling gates")
+        gating = replicate and self.config.gate_pods and request.operation == "CREATE"
+        results = self.webhook.look_up(images, deadline, replicate=replicate, wait_for_copies=not gating,
+                                       request=request)
         rewritten = {}
         for result in results:
             new = replacement(result, mode, target, self._target_repository)
             if new is not None:
                 rewritten[result.image] = new
-        return ("rewritten" if rewritten else "unconfirmed"), rewritten
+        if gating and any(result.copying for result in results):
+            return _Lookup("gated", rewritten, gated=True)
+        return _Lookup("rewritten" if rewritten else "unconfirmed", rewritten)
 
     def _target_repository(self, reference: Reference) -> str:
         return self.webhook.replicator.target_repo(reference).repository
 
-    def _record(self, request: AdmissionRequest, reason: str, rewritten: dict[str, str], elapsed: float) -> None:
-        result = "patched" if rewritten else "unchanged"
-        self.telemetry.mutation_requests.labels(result=result, reason=reason).inc()
+    def _record(self, request: AdmissionRequest, lookup: _Lookup, patched: bool, elapsed: float) -> None:
+        result = "patched" if patched else "unchanged"
+        self.telemetry.mutation_requests.labels(result=result, reason=lookup.reason).inc()
         self.logger.info(
             "mutation",
             **log_fields(request),
             result=result,
-            reason=reason,
-            rewritten=rewritten or None,
+            reason=lookup.reason,
+            rewritten=(lookup.rewritten if patched else None) or None,
+            gated=lookup.gated or None,
             dry_run=request.dry_run or None,
             duration_ms=round(elapsed * 1000, 2),
         )

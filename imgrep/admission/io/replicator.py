@@ -89,6 +89,8 @@ class Replicator:
         self.on_done = on_done
         #: runs a copy while no other replica copies the same image (``copy_leases``); set before serving
         self.exclusive: Callable[[str, float, Callable[[], CopyResult]], CopyResult] | None = None
+        #: told when a copy job ends either way (the gatekeeper looks at its gated Pods); set before serving
+        self.after_copy: Callable[[], None] | None = None
         self._jobs: dict[str, _Job] = {}
         self._failures: dict[str, _Failure] = {}
         self._replicated: TTLCache[str] = TTLCache(MAX_REMEMBERED)
@@ -187,6 +189,7 @@ class Replicator:
                 self._failures[key] = _Failure(reason, count, self.clock() + failure_backoff(count))
                 self._jobs.pop(key, None)
             self.on_done(ref, None, self.clock() - started, reason)
+            self._copied()
             raise
         with self._lock:
             self._failures.pop(key, None)
@@ -194,7 +197,12 @@ class Replicator:
         # trusted for a while, then confirmed with one HEAD: someone may delete it from the target
         self._replicated.put(self._key(ref, result.digest), REPLICATED, self.remember_seconds, self.clock())
         self.on_done(ref, result, self.clock() - started, "")
+        self._copied()
         return result
+
+    def _copied(self) -> None:
+        if self.after_copy is not None:
+            self.after_copy()
 
     def _target_holds(self, result: CheckResult, deadline: float) -> bool:
         ref = result.reference

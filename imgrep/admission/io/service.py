@@ -89,7 +89,10 @@ class Webhook:
         pointed = self.config.mutate == MUTATE_TARGET and request.kind in POD_KINDS
         results = self.look_up(list(request.new_images), deadline, replicate=replicate, wait_for_copies=not pointed,
                                request=request)
-        decision = decide(request, results, mode=self.config.mode, error_policy=self.config.registry_error_policy)
+        # a Pod at imgrep's gate is not scheduled, so nothing pulls what is still being copied
+        gated = self.config.gate_pods and request.gated
+        decision = decide(request, results, mode=self.config.mode, error_policy=self.config.registry_error_policy,
+                          gated=gated)
         return decision, results
 
     def look_up(self, images: list[str], deadline: float, *, replicate: bool, wait_for_copies: bool = True,

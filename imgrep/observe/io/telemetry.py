@@ -34,6 +34,11 @@ class Telemetry:
         self.admission_in_flight = r.gauge("imgrep_admission_in_flight", "Admission requests being answered.")
         self.mutation_requests = r.counter(
             "imgrep_mutation_requests_total", "Mutation requests (POST /mutate) answered.", ("result", "reason"))
+        self.gated_pods = r.gauge(
+            "imgrep_gated_pods", "Pods held at imgrep's scheduling gate, as of the last sweep.")
+        self.gate_releases = r.counter(
+            "imgrep_gate_releases_total", "Gated Pods looked at, by outcome (released, failed, conflict, gone).",
+            ("result",))
         self.image_checks = r.counter(
             "imgrep_image_checks_total", "Image existence checks by outcome.", ("registry", "result"))
         self.registry_requests = r.counter(

@@ -1,0 +1,187 @@
+"""The gatekeeper: finds the Pods held at imgrep's scheduling gate and releases those whose copies are done.
+
+Every replica runs one, in a thread. It lists the gated Pods (one label-selected list,
+cluster-wide), looks up each one's images as admission does (same cache, same copy jobs,
+its pull secrets), and when the target holds all of them updates the Pod: images pointed
+at their copies by digest, gate removed (``admission.gates.released``). The update is
+guarded by ``resourceVersion``, so when two replicas release one Pod the API answers
+one of them 409 and the Pod is released once. A failed copy leaves the Pod gated, with
+an annotation and a Warning Event saying why; the copy is tried again after its backoff
+at a later sweep.
+
+It sweeps at start (Pods gated before a restart are resumed), soon after ``/mutate``
+gates a Pod, when a copy ends, every ``PENDING_SWEEP_SECONDS`` while a Pod waits, and
+every ``sweep_seconds`` otherwise (Pods gated by other replicas). README "Scheduling gates".
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable
+
+from imgrep.admission.gates import GATED_LABEL, failure_event, failure_message, released, with_failure
+from imgrep.admission.io.service import Webhook
+from imgrep.admission.mutation import needs_rewrite, replacement
+from imgrep.admission.review import AdmissionRequest, pod_request
+from imgrep.config import MUTATE_TARGET, Config
+from imgrep.kube.api import EVENTS, PODS, KubeConflict, KubeError, KubeForbidden, KubeNotFound
+from imgrep.kube.io.client import KubeClient
+from imgrep.observe.io.logs import Logger
+from imgrep.observe.io.telemetry import Telemetry
+from imgrep.oci.reference import Reference
+
+__all__ = ["GateKeeper", "PERMISSIONS", "WAITING", "RELEASED", "FAILED", "CONFLICT", "GONE"]
+
+#: what the gatekeeper needs, as (verb, API group, resource): deploy/mutating grants it
+PERMISSIONS = frozenset({("list", "", "pods"), ("update", "", "pods"), ("create", "", "events")})
+#: a sweep soon after /mutate gated a Pod: the API server stores the Pod once every webhook has answered
+AFTER_GATING_SECONDS = 1.0
+#: how often a Pod that waits for a copy is looked at again (copies finished by another replica)
+PENDING_SWEEP_SECONDS = 2.0
+#: one whole list of the gated Pods may take this long
+LIST_TIMEOUT = 60.0
+#: what one Pod's sweep came to
+WAITING, RELEASED, FAILED, CONFLICT, GONE = "waiting", "released", "failed", "conflict", "gone"
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    result: str
+    #: image → its failure, for FAILED
+    failures: dict[str, str]
+    replacements: dict[str, str]
+
+
+class GateKeeper:
+    def __init__(self, kube: KubeClient, webhook: Webhook, config: Config, telemetry: Telemetry, logger: Logger,
+                 *, identity: str, sweep_seconds: float = 30.0, clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time):
+        self.kube = kube
+        self.webhook = webhook
+        self.config = config
+        self.telemetry = telemetry
+        self.logger = logger
+        self.identity = identity
+        self.sweep_seconds = sweep_seconds
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self._due = clock()  # the first sweep resumes what a restart left gated
+        self._wake = threading.Condition()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+
+    # -- when to sweep ---------------------------------------------------------------
+
+    def wake(self, delay: float = 0.0) -> None:
+        """Sweep within ``delay`` seconds (sooner if one is due sooner)."""
+        with self._wake:
+            self._due = min(self._due, self.clock() + delay)
+            self._wake.notify()
+
+    def after_gating(self) -> None:
+        self.wake(AFTER_GATING_SECONDS)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="imgrep-gatekeeper", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stop = True
+            self._wake.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stop and self.clock() < self._due:
+                    self._wake.wait(self._due - self.clock())
+                if self._stop:
+                    return
+                self._due = self.clock() + self.sweep_seconds
+            waiting = self._sweep_logged()
+            if waiting:
+                self.wake(PENDING_SWEEP_SECONDS)
+
+    def _sweep_logged(self) -> int:
+        try:
+            return self.sweep().get(WAITING, 0)
+        except KubeForbidden as exc:
+            self.logger.warning("gate_sweep_failed", permission=exc.permission, error=str(exc))
+        except KubeError as exc:
+            self.logger.warning("gate_sweep_failed", error=str(exc))
+        except Exception as exc:  # the thread's boundary: a bug is logged, the next sweep tries again
+            self.logger.error("gate_sweep_failed", error=f"internal error: {type(exc).__name__}: {exc}"[:300])
+        return 1  # look again soon: the Pods still wait
+
+    # -- one sweep ----------------------------------------------------------------------
+
+    def sweep(self) -> dict[str, int]:
+        """Every gated Pod looked at once; how many came to each outcome."""
+        listing = self.kube.list(PODS, label_selector=f"{GATED_LABEL}=true", deadline=self.clock() + LIST_TIMEOUT)
+        self.telemetry.gated_pods.set(len(listing.items))
+        counts: dict[str, int] = {}
+        for pod in listing.items:
+            outcome = self._settle(pod)
+            counts[outcome] = counts.get(outcome, 0) + 1
+            if outcome != WAITING:
+                self.telemetry.gate_releases.labels(result=outcome).inc()
+        return counts
+
+    def _settle(self, pod: dict) -> str:
+        """Release one Pod, note why it cannot be, or leave it waiting."""
+        request = pod_request(pod)
+        outcome = self._look_up(request)
+        where = {"namespace": request.namespace, "name": request.name}
+        try:
+            if outcome.result == RELEASED:
+                self.kube.update(PODS, request.namespace, released(pod, outcome.replacements))
+                self.logger.info("pod_released", **where, rewritten=outcome.replacements or None)
+            elif outcome.result == FAILED:
+                self._note(pod, failure_message(outcome.failures))
+            return outcome.result
+        except KubeConflict:  # changed meanwhile (another replica released it): read again next sweep
+            return CONFLICT
+        except KubeNotFound:
+            return GONE
+        except KubeError as exc:
+            fields = {"permission": exc.permission} if isinstance(exc, KubeForbidden) else {}
+            self.logger.warning("pod_release_failed", **where, **fields, error=str(exc))
+            return FAILED
+
+    def _look_up(self, request: AdmissionRequest) -> _Outcome:
+        target = self.config.target
+        images = [image for image in request.images if needs_rewrite(image, MUTATE_TARGET, target)]
+        deadline = self.clock() + self.config.admission_budget_seconds
+        results = self.webhook.look_up(images, deadline, replicate=True, wait_for_copies=False, request=request)
+        if any(result.copying for result in results):
+            return _Outcome(WAITING, {}, {})
+        replacements, failures = {}, {}
+        for result in results:
+            new = replacement(result, MUTATE_TARGET, target, self._target_repository)
+            if new is not None:
+                replacements[result.image] = new
+            else:
+                detail = f" ({result.detail})" if result.detail else ""
+                failures[result.image] = f"{result.reason or 'not confirmed in the target'}{detail}"
+        if failures:
+            return _Outcome(FAILED, failures, replacements)
+        return _Outcome(RELEASED, {}, replacements)
+
+    def _target_repository(self, reference: Reference) -> str:
+        return self.webhook.replicator.target_repo(reference).repository
+
+    def _note(self, pod: dict, message: str) -> None:
+        """The failure on the Pod (annotation) and in its Events, once per distinct message."""
+        updated = with_failure(pod, message)
+        if updated is None:
+            return
+        namespace, name = pod["metadata"].get("namespace", ""), pod["metadata"].get("name", "")
+        self.kube.update(PODS, namespace, updated)
+        self.logger.warning("pod_gated_failure", namespace=namespace, name=name, error=message)
+        now = datetime.fromtimestamp(self.wall_clock(), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = failure_event(updated, message, now=now, instance=self.identity, suffix=secrets.token_hex(8))
+        self.kube.create(EVENTS, namespace, event)
