@@ -8,7 +8,8 @@ machine and months on a long-running one.
 
 A movable clock is real time plus an offset, for crossing credential lifetimes: both
 faces move together, as they would in a process that ran that long (``monotonic`` for
-leases and backoffs, ``time`` for the absolute expiry times clouds answer with).
+leases and backoffs, ``time`` for the absolute expiry times clouds answer with). A still
+one moves only when the test moves it.
 """
 
 from __future__ import annotations
@@ -33,14 +34,19 @@ class FakeClock:
 
 
 class MovableClock:
-    def __init__(self) -> None:
+    """``still=True`` stops both faces where they were at creation, so only ``advance()`` moves them:
+    for code whose backoffs must not run out while a slow machine works (its deadlines are
+    ``time.monotonic()`` of their own)."""
+
+    def __init__(self, *, still: bool = False) -> None:
         self.offset = 0.0
+        self._still = (time.monotonic(), time.time()) if still else None
 
     def monotonic(self) -> float:
-        return time.monotonic() + self.offset
+        return (self._still[0] if self._still else time.monotonic()) + self.offset
 
     def time(self) -> float:
-        return time.time() + self.offset
+        return (self._still[1] if self._still else time.time()) + self.offset
 
     def advance(self, seconds: float) -> None:
         self.offset += seconds

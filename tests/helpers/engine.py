@@ -66,7 +66,8 @@ class CloudEngine:
     """
 
     def __init__(self, environ: dict[str, str], source_host: str, target_host: str, prefix: str = "mirror"):
-        self.clock = MovableClock()
+        # still: a backoff the test relies on must not run out while a slow machine copies
+        self.clock = MovableClock(still=True)
         self.config = load_config({**environ, "INSECURE_REGISTRIES": f"{source_host},{target_host}"})
         self.transport = Transport(insecure_registries=self.config.insecure_registries, timeout=10)
         factory = ProviderFactory(self.config.cloud, self.transport, clock=self.clock.monotonic,

@@ -124,15 +124,16 @@ class GateKeeper:
         listing = self.kube.list(PODS, label_selector=f"{GATED_LABEL}=true", deadline=self.clock() + LIST_TIMEOUT)
         self.telemetry.gated_pods.set(len(listing.items))
         counts: dict[str, int] = {}
-        for pod in listing.items:
-            outcome = self._settle(pod)
+        for item in listing.items:
+            # list items come without apiVersion and kind; the update sends them, as kubectl does
+            outcome = self.settle({"apiVersion": "v1", "kind": "Pod", **item})
             counts[outcome] = counts.get(outcome, 0) + 1
             if outcome != WAITING:
                 self.telemetry.gate_releases.labels(result=outcome).inc()
         return counts
 
-    def _settle(self, pod: dict) -> str:
-        """Release one Pod, note why it cannot be, or leave it waiting."""
+    def settle(self, pod: dict) -> str:
+        """Release one Pod as read, note why it cannot be, or leave it waiting."""
         request = pod_request(pod)
         outcome = self._look_up(request)
         where = {"namespace": request.namespace, "name": request.name}
