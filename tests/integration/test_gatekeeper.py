@@ -143,7 +143,7 @@ def test_a_failed_copy_leaves_the_pod_gated_with_one_annotation_and_one_event(ap
     stored = api.object("pods", "shop", "web")
     assert scheduling_gates(stored) == (SCHEDULING_GATE,)  # nothing schedules before its images are mirrored
     note = stored["metadata"]["annotations"][FAILURE_ANNOTATION]
-    assert f"{proxy.host}/{repo}:v1: replication failed" in note and "digest" in note
+    assert f"{proxy.host}/{repo}:v1: replication failed" in note and "content hashes to" in note
     assert keeper.gatekeeper.sweep() == {FAILED: 1}  # within the copy's backoff: the same failure again
     [event] = api.objects("events")
     assert (event["type"], event["reason"], event["message"]) == ("Warning", "ReplicationFailed", note)

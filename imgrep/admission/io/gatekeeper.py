@@ -149,8 +149,7 @@ class GateKeeper:
         except KubeNotFound:
             return GONE
         except KubeError as exc:
-            fields = {"permission": exc.permission} if isinstance(exc, KubeForbidden) else {}
-            self.logger.warning("pod_release_failed", **where, **fields, error=str(exc))
+            self.logger.warning("pod_release_failed", **where, **_permission(exc), error=str(exc))
             return FAILED
 
     def _look_up(self, request: AdmissionRequest) -> _Outcome:
@@ -185,4 +184,13 @@ class GateKeeper:
         self.logger.warning("pod_gated_failure", namespace=namespace, name=name, error=message)
         now = datetime.fromtimestamp(self.wall_clock(), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         event = failure_event(updated, message, now=now, instance=self.identity, suffix=secrets.token_hex(8))
-        self.kube.create(EVENTS, namespace, event)
+        try:
+            self.kube.create(EVENTS, namespace, event)
+        except KubeError as exc:  # the annotation says it already; the Event is for kubectl describe
+            self.logger.warning("gate_event_failed", namespace=namespace, name=name, **_permission(exc),
+                                error=str(exc))
+
+
+def _permission(error: KubeError) -> dict[str, str]:
+    """The log field naming what RBAC refused, when it did."""
+    return {"permission": error.permission} if isinstance(error, KubeForbidden) else {}
