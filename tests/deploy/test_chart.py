@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 import imgrep
+from imgrep.admission.gates import GATED_LABEL
+from imgrep.admission.io import gatekeeper
 from imgrep.config import MUTATE_OFF, MUTATE_PIN, MUTATE_TARGET, load_config
 from tests.deploy.chart import CHART, NAMESPACE, helm, notes, render, render_objects
 from tests.deploy.kube import REPO, find, kustomize
@@ -37,6 +39,7 @@ EVERY_SETTING = {
     "targetRegistry": "registry.example.com/mirror",
     "targetIncludeRegistry": True,
     "mutate": "true",
+    "gatePods": False,
     "registryTimeoutMilliseconds": 600000,
     "registryErrorPolicy": "allow",
     "cacheTTLSeconds": 0,
@@ -73,6 +76,7 @@ VALUE_SETS = {
     "audit-without-webhook": {"mode": "audit", "webhook": {"enabled": False}, "replicas": 1,
                               "podDisruptionBudget": {"enabled": False}},
     "mutating": {"mutate": "true", "targetRegistry": "registry.example.com/mirror"},
+    "mutating-without-gates": {"mutate": "true", "targetRegistry": "registry.example.com/mirror", "gatePods": False},
     # deploy/audit: sees kube-system, never blocks.
     "audit": {"mode": "audit", "excludedNamespaces": [], "webhook": {"failurePolicy": "Ignore"}},
     "cluster-features-off": {"kubernetesAPI": "off"},
@@ -276,7 +280,7 @@ def test_the_rendered_environment_configures_imgrep_as_the_values_say(objects):
     assert config.excluded_namespaces == {"kube-system", "monitoring", NAMESPACE}
     assert config.shutdown_delay_seconds == 3
     assert (str(config.target), config.target_include_registry) == ("registry.example.com/mirror", True)
-    assert config.mutate == MUTATE_TARGET
+    assert (config.mutate, config.gate_pods) == (MUTATE_TARGET, False)
     assert (config.registry_timeout_seconds, config.registry_error_policy) == (600, "allow")
     assert config.cache_ttl_seconds == 0
     assert config.insecure_registries == {"registry.lab:5000", "10.0.0.5"}
@@ -370,18 +374,22 @@ def test_mutation_is_off_unless_asked_for(build):
         assert not [o for o in rendered if o["kind"] == "MutatingWebhookConfiguration"]
 
 
-@pytest.mark.parametrize("value_set, mutate", [("mutating", MUTATE_TARGET), ("pin-with-cert-manager", MUTATE_PIN),
-                                               ("mutating-without-webhook", MUTATE_TARGET), ("default", MUTATE_OFF)])
-def test_imgrep_starts_with_the_mutation_the_values_ask_for(objects, value_set, mutate):
+@pytest.mark.parametrize("value_set, mutate, gates", [
+    ("mutating", MUTATE_TARGET, True), ("mutating-without-gates", MUTATE_TARGET, False),
+    ("pin-with-cert-manager", MUTATE_PIN, False), ("mutating-without-webhook", MUTATE_TARGET, True),
+    ("default", MUTATE_OFF, False), ("every-setting", MUTATE_TARGET, False),
+])
+def test_imgrep_starts_with_the_mutation_the_values_ask_for(objects, value_set, mutate, gates):
     """load_config is what exits 2 at start: the rendered environment passes it (with the
     credentials file the pod always mounts)."""
-    config = load_config(env_values(objects(value_set)), read_text=lambda path: '{"auths": {}}')
-    assert config.mutate == mutate
+    settings = {**env_values(objects(value_set)), "REGISTRY_MIRROR_TOKEN": "token"}
+    config = load_config(settings, read_text=lambda path: '{"auths": {}}')
+    assert (config.mutate, config.gate_pods) == (mutate, gates)
 
 
 def test_release_namespace_and_name_reach_every_reference(build):
-    rendered = build({"name": "imgrep-staging", "certManager": {"enabled": True}, "mutate": "pin"},
-                     namespace="platform")
+    rendered = build({"name": "imgrep-staging", "certManager": {"enabled": True}, "mutate": "true",
+                      "targetRegistry": "registry.example.com/mirror"}, namespace="platform")
     cluster_scoped = ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration", "ClusterRole",
                       "ClusterRoleBinding")
     for obj in rendered:
@@ -391,6 +399,7 @@ def test_release_namespace_and_name_reach_every_reference(build):
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "imgrep-staging", "namespace": "platform"}]
         assert binding["roleRef"]["name"].startswith("imgrep-staging-")
         assert find(rendered, binding["roleRef"]["kind"], binding["roleRef"]["name"])
+    assert find(rendered, "ClusterRoleBinding", "imgrep-staging-gates")
     assert find(rendered, "NetworkPolicy", "imgrep-staging")["spec"]["podSelector"] == {
         "matchLabels": {"app": "imgrep-staging"}}
     for kind, prefix, path in [("ValidatingWebhookConfiguration", "", "/validate"),
@@ -459,6 +468,42 @@ def test_a_cluster_feature_turned_off_takes_its_rights_with_it(build, objects, v
     assert not rbac_rules(build({"rbac": {"create": False}}))
 
 
+GATES_OFF = [
+    pytest.param({"mutate": "true", "targetRegistry": "registry.example.com/mirror", "gatePods": False}, "false",
+                 id="gatePods-false"),
+    # imgrep refuses GATE_PODS=true with KUBERNETES_API=off: gatePods needs the API, like every cluster feature
+    pytest.param({"mutate": True, "targetRegistry": "registry.example.com/mirror", "kubernetesAPI": "off"}, "false",
+                 id="kubernetesAPI-off"),
+    # gates need MUTATE=true: a Pod is released pointed at its copies in the target
+    pytest.param({"mutate": "pin", "targetRegistry": "registry.example.com/mirror"}, None, id="mutate-pin"),
+    pytest.param({"mutate": False, "targetRegistry": "registry.example.com/mirror"}, None, id="mutate-false"),
+    pytest.param({"gatePods": True}, None, id="default"),
+]
+
+
+def test_mutating_to_the_target_gates_pods_and_grants_the_gatekeeper_its_rights(objects):
+    rendered = objects("mutating")
+    assert env_values(rendered)["GATE_PODS"] == "true"
+    assert rbac_rules(rendered) == rbac_rules(objects("default")) | gatekeeper.PERMISSIONS
+    role = find(rendered, "ClusterRole", f"{APP}-gates")
+    assert rbac_rules([role]) == gatekeeper.PERMISSIONS
+    assert find(rendered, "ClusterRoleBinding", f"{APP}-gates")["roleRef"]["name"] == role["metadata"]["name"]
+
+
+@pytest.mark.parametrize("values, gate_pods", GATES_OFF)
+def test_without_gates_neither_gate_pods_nor_the_gatekeeper_s_rights_are_rendered(build, objects, values,
+                                                                                   gate_pods):
+    rendered = build(values)
+    assert env_values(rendered).get("GATE_PODS") == gate_pods
+    assert not [o for o in rendered if o["metadata"]["name"] == f"{APP}-gates"]
+    assert not rbac_rules(rendered) & (gatekeeper.PERMISSIONS - rbac_rules(objects("default")))
+
+
+def test_rbac_create_false_leaves_the_gatekeeper_without_rights_too(build):
+    rendered = build({**VALUE_SETS["mutating"], "rbac": {"create": False}})
+    assert env_values(rendered)["GATE_PODS"] == "true" and not rbac_rules(rendered)
+
+
 def test_network_policy_takes_more_egress_and_can_be_left_out(build, objects):
     rule = {"to": [{"ipBlock": {"cidr": "169.254.169.254/32"}}], "ports": [{"port": 80, "protocol": "TCP"}]}
     policy = find(build({"networkPolicy": {"extraEgress": [rule]}}), "NetworkPolicy", APP)["spec"]
@@ -507,6 +552,7 @@ BAD_VALUES = [
     ({"tls": {"caBundle": "-----BEGIN CERTIFICATE-----"}}, "at '/tls/caBundle'"),
     ({"replica": 3}, "additional properties 'replica' not allowed"),
     ({"mutate": "yes"}, "at '/mutate': value must be one of false, true, 'false', 'true', 'pin'"),
+    ({"gatePods": "yes"}, "at '/gatePods': got string, want boolean"),
     ({"kubernetesAPI": "on"}, "at '/kubernetesAPI': value must be one of 'auto', 'off'"),
     ({"clusterInventory": {"intervalSeconds": 5}}, "at '/clusterInventory/intervalSeconds'"),
     ({"copyLeases": {"durationSeconds": 1}}, "at '/copyLeases/durationSeconds'"),
@@ -579,5 +625,8 @@ def test_notes_say_how_to_check_the_install():
     assert "kubectl run imgrep-mutated" not in plain
     mutating = notes(VALUE_SETS["mutating"])
     assert "pointing Pods at the copies there, pinned by digest (MUTATE=true)" in mutating
+    assert "wait at a scheduling gate until they are done (GATE_PODS=true)" in mutating
+    assert f"kubectl get pods -A -l {GATED_LABEL}=true" in mutating
+    assert "GATE_PODS" not in notes(VALUE_SETS["mutating-without-gates"]) and "GATE_PODS" not in plain
     assert "# registry.example.com/mirror/library/nginx:1.27@sha256:... once the target holds it" in mutating
     assert "# nginx:1.27@sha256:..." in notes({"mutate": "pin"})

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from imgrep.admission.io import tenant_credentials
+from imgrep.admission.io import gatekeeper, tenant_credentials
 from imgrep.inventory.io import cluster as cluster_inventory
 from imgrep.inventory.io import replicas as replica_inventory
 from imgrep.kube.io import copy_leases
@@ -32,7 +32,7 @@ KNOWN_SETTINGS = {
     "REGISTRY_ERROR_POLICY", "CACHE_TTL_SECONDS", "EXCLUDED_NAMESPACES", "INSECURE_REGISTRIES",
     "REGISTRY_CA_FILE", "DOCKER_CONFIG_JSON", "DOCKER_CONFIG_PATH", "REQUIRE_CREDENTIALS",
     "ALLOWED_REGISTRIES", "INVENTORY_MAX", "INVENTORY_FILE", "DEBUG", "LOG_FORMAT",
-    "SHUTDOWN_DELAY_SECONDS", "MAX_CONNECTIONS", "COPY_CONCURRENCY", "MUTATE",
+    "SHUTDOWN_DELAY_SECONDS", "MAX_CONNECTIONS", "COPY_CONCURRENCY", "MUTATE", "GATE_PODS",
 }
 
 
@@ -320,6 +320,14 @@ def test_every_object_passes_the_official_schema_with_unknown_fields_refused(req
 # --- what imgrep may do with the API -----------------------------------------------------
 
 
+#: what every variant grants: the cluster features of deploy/base/rbac.yaml
+BASE_PERMISSIONS = (tenant_credentials.PERMISSIONS | cluster_inventory.PERMISSIONS | copy_leases.PERMISSIONS
+                    | replica_inventory.PERMISSIONS)
+#: the only writes granted cluster-wide: the gatekeeper releases gated Pods wherever they are
+CLUSTER_WIDE_WRITES = {(verb, group, resource) for verb, group, resource in gatekeeper.PERMISSIONS
+                       if verb not in ("get", "list")}
+
+
 def rules_of(objects: list[dict]) -> set[tuple[str, str, str]]:
     """(verb, group, resource) granted to imgrep's service account through any binding."""
     roles = {(o["kind"], o["metadata"]["name"]): o for o in objects if o["kind"] in ("Role", "ClusterRole")}
@@ -329,22 +337,26 @@ def rules_of(objects: list[dict]) -> set[tuple[str, str, str]]:
             assert binding["metadata"]["namespace"] == NAMESPACE and binding["roleRef"]["kind"] == "Role"
         assert {"kind": "ServiceAccount", "name": APP, "namespace": NAMESPACE} in binding["subjects"]
         role = roles[(binding["roleRef"]["kind"], binding["roleRef"]["name"])]
-        if role["kind"] == "ClusterRole":  # only the cluster-wide reads; writes stay in imgrep's namespace
-            assert all(set(rule["verbs"]) <= {"get", "list"} for rule in role["rules"])
         for rule in role["rules"]:
             assert "resourceNames" not in rule and "nonResourceURLs" not in rule
-            granted |= {(verb, group, resource) for verb in rule["verbs"] for group in rule["apiGroups"]
-                        for resource in rule["resources"]}
+            rights = {(verb, group, resource) for verb in rule["verbs"] for group in rule["apiGroups"]
+                      for resource in rule["resources"]}
+            if role["kind"] == "ClusterRole":  # cluster-wide reads, and the gatekeeper's writes only
+                assert {right for right in rights if right[0] not in ("get", "list")} <= CLUSTER_WIDE_WRITES
+            granted |= rights
     return granted
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_rbac_grants_exactly_what_the_cluster_features_use(request, variant):
     """No wildcard, no list or watch of Secrets: what each feature declares it needs, no more (the
-    features' integration tests hold each to its declaration)."""
-    granted = rules_of(request.getfixturevalue(variant))
-    assert granted == (tenant_credentials.PERMISSIONS | cluster_inventory.PERMISSIONS | copy_leases.PERMISSIONS
-                       | replica_inventory.PERMISSIONS)
+    features' integration tests hold each to its declaration). The gatekeeper's rights come with
+    GATE_PODS=true, which only deploy/mutating sets."""
+    objects = request.getfixturevalue(variant)
+    granted = rules_of(objects)
+    gates = env_values(objects).get("GATE_PODS") == "true"
+    assert gates == (variant == "mutating")
+    assert granted == (BASE_PERMISSIONS | gatekeeper.PERMISSIONS if gates else BASE_PERMISSIONS)
     assert not any("*" in part for rule in granted for part in rule)
 
 
@@ -384,17 +396,32 @@ def mutating_webhook(objects: list[dict]) -> dict:
     return only
 
 
-def test_mutating_install_adds_the_mutating_webhook_and_turns_mutation_on(plain, mutating):
+def test_mutating_install_adds_the_mutating_webhook_and_turns_mutation_and_gates_on(plain, mutating):
     def key(o):
         return o["kind"], o["metadata"]["name"]
 
-    assert {key(o) for o in mutating} - {key(o) for o in plain} == {("MutatingWebhookConfiguration", APP)}
+    assert {key(o) for o in mutating} - {key(o) for o in plain} == {
+        ("MutatingWebhookConfiguration", APP), ("ClusterRole", f"{APP}-gates"), ("ClusterRoleBinding", f"{APP}-gates")}
     assert find(mutating, "ValidatingWebhookConfiguration", APP) == find(plain, "ValidatingWebhookConfiguration", APP)
     settings, plain_settings = env_values(mutating), env_values(plain)
     assert settings["MUTATE"] == "true"
     assert settings["TARGET_REGISTRY"]  # MUTATE=true without it stops imgrep at start
-    assert {k: v for k, v in settings.items() if k not in ("MUTATE", "TARGET_REGISTRY")} == plain_settings
-    assert "MUTATE" not in plain_settings  # off unless asked for
+    assert settings["GATE_PODS"] == "true"  # needs MUTATE=true, and the API: imgrep's pod mounts its token
+    assert {k: v for k, v in settings.items() if k not in ("MUTATE", "TARGET_REGISTRY", "GATE_PODS")} == plain_settings
+    assert "MUTATE" not in plain_settings and "GATE_PODS" not in plain_settings  # off unless asked for
+
+
+def test_gates_rbac_is_the_gatekeeper_s_own_cluster_role(mutating):
+    role, binding = find(mutating, "ClusterRole", f"{APP}-gates"), find(mutating, "ClusterRoleBinding", f"{APP}-gates")
+    assert rules_of([role, binding]) == gatekeeper.PERMISSIONS
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": APP, "namespace": NAMESPACE}]
+
+
+def test_each_gates_right_says_why_it_is_needed():
+    text = (REPO / "deploy" / "mutating" / "rbac-gates.yaml").read_text()
+    comment = text[: text.index("apiVersion:")]
+    for right in ("list pods", "update pods", "create events"):
+        assert f"# - {right}: " in comment, right
 
 
 def test_mutating_webhook_is_for_pods_only_and_reinvoked_when_a_later_webhook_changes_them(mutating):

@@ -74,6 +74,17 @@ objectSelector:
       values: ["true"]
 {{- end }}
 
+{{/*
+GATE_PODS as the chart sets it: "true" or "false" with mutate true (gatePods, and the
+Kubernetes API the gatekeeper updates Pods through: imgrep refuses GATE_PODS=true with
+KUBERNETES_API=off), empty otherwise (unset: gates need MUTATE=true).
+*/}}
+{{- define "imgrep.gatePods" -}}
+{{- if eq (include "imgrep.mutate" .) "true" -}}
+{{- and .Values.gatePods (include "imgrep.kubernetesAPI" .) | empty | not -}}
+{{- end -}}
+{{- end }}
+
 {{/* "true" when imgrep may use the Kubernetes API (its pod gets a token), empty with kubernetesAPI=off. */}}
 {{- define "imgrep.kubernetesAPI" -}}
 {{- if ne .Values.kubernetesAPI "off" -}}
@@ -159,6 +170,7 @@ imgrep's variables the chart sets itself, each with the value that sets it
   "MUTATE" "mutate"
   "TARGET_REGISTRY" "targetRegistry"
   "TARGET_INCLUDE_REGISTRY" "targetIncludeRegistry"
+  "GATE_PODS" "gatePods"
   "REGISTRY_TIMEOUT" "registryTimeoutMilliseconds"
   "REGISTRY_ERROR_POLICY" "registryErrorPolicy"
   "CACHE_TTL_SECONDS" "cacheTTLSeconds"
