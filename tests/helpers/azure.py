@@ -15,20 +15,19 @@
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import secrets
 import time
 from urllib.parse import urlsplit
 
 from tests.helpers.fakeserver import FakeServer
+from tests.helpers.forwarding import forward
 from tests.helpers.tokenserver import TokenServer
 
 __all__ = ["Entra", "Acr", "ASSERTION_TYPE", "ACR_SCOPE"]
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ACR_SCOPE = "https://containerregistry.azure.net/.default"
-_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"}
 
 
 def _jwt(claims: dict) -> str:
@@ -116,8 +115,9 @@ class Acr(FakeServer):
         if parts.path == "/oauth2/token" and handler.command == "POST":
             return self._token(handler)
         if parts.path == "/oauth2/token":  # the harness's Basic pushes: the token server proper
-            return self._forward(handler, self.tokens.url, "/token" + (f"?{parts.query}" if parts.query else ""))
-        return self._forward(handler, f"http://{self.upstream}", handler.path)
+            query = f"?{parts.query}" if parts.query else ""
+            return forward(handler, urlsplit(self.tokens.url).netloc, "/token" + query, timeout=30)
+        return forward(handler, self.upstream, timeout=30)
 
     def _errors(self, handler, status: int, code: str, message: str) -> None:
         self.reply_json(handler, status, {"errors": [{"code": code, "message": message}]})
@@ -148,26 +148,3 @@ class Acr(FakeServer):
         scopes = tuple(form.get("scope", "").split())
         access = self.tokens._grant(self.tokens.credentials[0], scopes)
         self.reply_json(handler, 200, {"access_token": self.tokens.mint("workload", access)})
-
-    def _forward(self, handler, base: str, target: str) -> None:
-        origin = urlsplit(base)
-        length = int(handler.headers.get("Content-Length") or 0)
-        body = handler.rfile.read(length) if length else None
-        upstream = http.client.HTTPConnection(origin.hostname, origin.port, timeout=30)
-        try:
-            headers = {k: v for k, v in handler.headers.items() if k.lower() not in _HOP_BY_HOP}
-            upstream.request(handler.command, target, body=body, headers=headers)
-            response = upstream.getresponse()
-            data = response.read()
-            handler.send_response(response.status)
-            for name, value in response.getheaders():
-                if name.lower() not in _HOP_BY_HOP | {"content-length"}:
-                    handler.send_header(name, value)
-            # a HEAD answer announces the size of the body it leaves out
-            handler.send_header("Content-Length", response.getheader("Content-Length", "0")
-                                if handler.command == "HEAD" else str(len(data)))
-            handler.end_headers()
-            if handler.command != "HEAD":
-                handler.wfile.write(data)
-        finally:
-            upstream.close()

@@ -15,14 +15,17 @@ import http.client
 import socket
 import ssl
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from tests.helpers.forwarding import PIECE, forward
 
 __all__ = ["Fault", "FaultProxy"]
 
-_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-authorization"}
-#: bytes relayed per read, both ways
-PIECE = 64 * 1024
+#: the faults applied to the body as it is relayed
+_BODY_FAULTS = ("truncate", "reset", "flip", "slow")
 #: request body bytes kept in ``seen`` (API calls are small; blob uploads only stream through)
 MAX_RECORDED_BODY = 64 * 1024
 
@@ -68,8 +71,7 @@ class FaultProxy:
     """``tls=(cert, key)`` serves HTTPS, for registries behind an internal CA; ``port`` 0 takes a free one."""
 
     def __init__(self, upstream: str, tls: tuple[str, str] | None = None, *, port: int = 0):
-        self.upstream_host, _, upstream_port = upstream.rpartition(":")
-        self.upstream_port = int(upstream_port)
+        self.upstream = upstream
         self.fault: Fault | None = None
         self.hits = 0
         self._slow_bodies = 0
@@ -107,82 +109,44 @@ class FaultProxy:
                     proxy._stop.wait(fault.stall_seconds)
                     self.close_connection = True
                     return
-                upstream = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=60)
-                try:
-                    upstream.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
-                    for key, value in self.headers.items():
-                        if key.lower() not in _HOP_BY_HOP:
-                            upstream.putheader(key, value)
-                    upstream.endheaders()
-                    if recorded:
-                        upstream.send(recorded)
-                    remaining = length - len(recorded)
-                    while remaining > 0:  # the body streams through, as large as it is
-                        piece = self.rfile.read(min(PIECE, remaining))
-                        if not piece:
-                            break
-                        upstream.send(piece)
-                        remaining -= len(piece)
-                    response = upstream.getresponse()
-                    self._relay(response, fault)
-                finally:
-                    upstream.close()
+                kind = fault.kind if fault else ""
+                replace = None
+                if kind == "digest":
+                    replace = {"docker-content-digest": "sha256:" + "0" * 64}
+                elif kind == "content_type":
+                    replace = {"content-type": fault.content_type}
+                chunked = kind == "chunked" and self.command != "HEAD"
+                forward(self, proxy.upstream, sent=recorded, status=fault.status if kind == "answer_as" else None,
+                        replace=replace, body=partial(self._relay_chunked, fault=fault) if chunked else None,
+                        pieces=partial(self._break, fault=fault) if kind in _BODY_FAULTS else None)
 
-            def _relay(self, response: http.client.HTTPResponse, fault: Fault | None) -> None:
-                self.send_response(fault.status if fault and fault.kind == "answer_as" else response.status)
-                for key, value in response.getheaders():
-                    if key.lower() in _HOP_BY_HOP or key.lower() == "content-length":
-                        continue
-                    if fault and fault.kind == "digest" and key.lower() == "docker-content-digest":
-                        value = "sha256:" + "0" * 64
-                    if fault and fault.kind == "content_type" and key.lower() == "content-type":
-                        value = fault.content_type
-                    self.send_header(key, value)
-                declared = response.getheader("Content-Length")
-                if fault and fault.kind == "chunked" and self.command != "HEAD":
-                    self._relay_chunked(response, fault)
-                    return
-                self.send_header("Content-Length", declared or "0")
-                self.end_headers()
-                if self.command == "HEAD" or not declared:
-                    response.read()
-                    return
-                if fault and fault.kind == "slow":
+            def _break(self, pieces: Iterator[bytes], fault: Fault) -> Iterator[bytes]:
+                """The body with the fault in it: cut after ``after_bytes``, its first byte flipped, or paced."""
+                if fault.kind == "slow":
                     with proxy._lock:
                         proxy._slow_bodies += 1
-                    try:
-                        self._copy_body(response, fault, int(declared))
-                    finally:
-                        with proxy._lock:
-                            proxy._slow_bodies -= 1
-                else:
-                    self._copy_body(response, fault, int(declared))
-
-            def _copy_body(self, response: http.client.HTTPResponse, fault: Fault | None, declared: int) -> None:
-                sent = 0
-                flipped = False
-                while True:
-                    chunk = response.read(64 * 1024)
-                    if not chunk:
-                        if sent < declared:  # upstream died mid-body: so does this answer
+                try:
+                    sent = 0
+                    for chunk in pieces:
+                        if fault.kind in ("truncate", "reset") and sent + len(chunk) > fault.after_bytes:
+                            yield chunk[: fault.after_bytes - sent]
+                            self.wfile.flush()
+                            if fault.kind == "reset":
+                                linger_zero = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # close sends RST
+                                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger_zero)
                             self.close_connection = True
                             self.connection.shutdown(socket.SHUT_RDWR)
-                        break
-                    if fault and fault.kind in ("truncate", "reset") and sent + len(chunk) > fault.after_bytes:
-                        self.wfile.write(chunk[: fault.after_bytes - sent])
-                        self.wfile.flush()
-                        if fault.kind == "reset":
-                            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                        self.close_connection = True
-                        self.connection.shutdown(socket.SHUT_RDWR)
-                        return
-                    if fault and fault.kind == "flip" and not flipped:
-                        chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
-                        flipped = True
-                    self.wfile.write(chunk)
-                    sent += len(chunk)
-                    if fault and fault.kind == "slow" and proxy._stop.wait(len(chunk) / fault.rate):
-                        return
+                            return
+                        if fault.kind == "flip" and not sent:
+                            chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
+                        yield chunk
+                        sent += len(chunk)
+                        if fault.kind == "slow" and proxy._stop.wait(len(chunk) / fault.rate):
+                            return
+                finally:
+                    if fault.kind == "slow":
+                        with proxy._lock:
+                            proxy._slow_bodies -= 1
 
             def _relay_chunked(self, response: http.client.HTTPResponse, fault: Fault) -> None:
                 """The body as HTTP/1.1 chunks; with ``after_bytes``, the connection is cut there, mid-chunk."""
