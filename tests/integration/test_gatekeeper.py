@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import threading
 
 import pytest
 
@@ -18,6 +19,7 @@ from imgrep.admission.mutation import ORIGINAL_IMAGES
 from imgrep.admission.review import SCHEDULING_GATE, scheduling_gates
 from imgrep.cli import build_runtime, cluster_features
 from imgrep.config import load_config
+from imgrep.kube.api import ListResult
 from imgrep.observe.io.logs import Logger
 from tests.helpers.clock import wait_until
 from tests.helpers.engine import unique
@@ -182,3 +184,38 @@ def test_without_update_permission_the_pod_stays_gated_and_the_log_names_the_per
     [line] = keeper.lines("pod_release_failed")
     assert line["permission"] == "update pods in namespace shop"
     assert CONFLICT not in keeper.gatekeeper.sweep()
+
+
+class CountingKube:
+    """Stands in for the API: no gated Pods, and how often they were listed."""
+
+    def __init__(self) -> None:
+        self.lists = threading.Semaphore(0)
+
+    def list(self, resource, namespace="", *, label_selector="", deadline=None, limit=500):
+        assert label_selector == f"{GATED_LABEL}=true"
+        self.lists.release()
+        return ListResult((), "1", 0)
+
+
+def test_the_gatekeeper_sweeps_at_start_when_woken_and_stops(tmp_path):
+    kube = CountingKube()
+    runtime = build_runtime(load_config({"TARGET_REGISTRY": "mirror.internal", "MUTATE": "true",
+                                         "GATE_PODS": "true", "KUBECONFIG": str(tmp_path / "unused")}))
+    keeper = GateKeeper(kube, None, runtime.config, runtime.telemetry, Logger(stream=io.StringIO()),
+                        identity="imgrep-0", sweep_seconds=3600)
+    keeper.start()
+    try:
+        assert kube.lists.acquire(timeout=WAIT)  # at start: what a restart left gated is resumed
+        assert not kube.lists.acquire(timeout=0.2)  # then not again for an hour
+        keeper.wake()  # a copy ended
+        assert kube.lists.acquire(timeout=WAIT)
+        keeper.after_gating()  # /mutate gated a Pod: looked for once the API server has stored it
+        assert kube.lists.acquire(timeout=WAIT)
+        assert runtime.telemetry.gated_pods.value() == 0
+    finally:
+        keeper.stop()
+        runtime.replicator.close()
+        runtime.checker.close()
+        runtime.transport.close()
+    assert wait_until(lambda: not keeper.running, timeout=WAIT)

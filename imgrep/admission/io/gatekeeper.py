@@ -89,7 +89,12 @@ class GateKeeper:
         self._thread = threading.Thread(target=self._run, name="imgrep-gatekeeper", daemon=True)
         self._thread.start()
 
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self) -> None:
+        """Ends the thread after the sweep in progress, if any (a sweep is bounded by its deadlines)."""
         with self._wake:
             self._stop = True
             self._wake.notify()
