@@ -1,21 +1,47 @@
-"""The common part of the fake cloud endpoints: an HTTP/1.1 server on 127.0.0.1:0 that a subclass answers.
+"""The common part of the fake endpoints: an HTTP/1.1 server on 127.0.0.1:0 that a subclass answers.
 
 A subclass implements ``handle(handler)`` for every method and answers with
-``reply``/``reply_json``; ``with Fake() as fake`` starts it and always stops it.
+``reply``/``reply_json``; ``with Fake() as fake`` starts it and always stops it. Given an
+``ssl.SSLContext`` it serves HTTPS through ``TLSHTTPServer``.
 """
 
 from __future__ import annotations
 
 import http.server
 import json
+import ssl
 import threading
 from urllib.parse import parse_qs
 
-__all__ = ["FakeServer"]
+__all__ = ["FakeServer", "TLSHTTPServer"]
+
+#: a client that has not finished its TLS handshake by then is dropped
+HANDSHAKE_TIMEOUT_SECONDS = 10
+
+
+class TLSHTTPServer(http.server.ThreadingHTTPServer):
+    """HTTPS whose handshake runs in each connection's own thread: a listening socket wrapped in TLS
+    would shake hands inside ``accept()``, where one stalled client blocks every other."""
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, address: tuple[str, int], handler, context: ssl.SSLContext):
+        super().__init__(address, handler)
+        self.context = context
+
+    def finish_request(self, request, client_address) -> None:
+        request.settimeout(HANDSHAKE_TIMEOUT_SECONDS)
+        try:
+            wrapped = self.context.wrap_socket(request, server_side=True)
+        except (OSError, ssl.SSLError):
+            request.close()
+            return
+        self.RequestHandlerClass(wrapped, client_address, self)
 
 
 class FakeServer:
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -30,11 +56,14 @@ class FakeServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls is None:
+            self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        else:
+            self._httpd = TLSHTTPServer(("127.0.0.1", 0), Handler, tls)
         self._httpd.daemon_threads = True
         self.address = ("127.0.0.1", self._httpd.server_address[1])
         self.host = f"127.0.0.1:{self.address[1]}"
-        self.url = f"http://{self.host}"
+        self.url = f"{'http' if tls is None else 'https'}://{self.host}"
         self.lock = threading.Lock()
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
