@@ -23,7 +23,7 @@ from tests.helpers.kubeobjects import write_kubeconfig_json
 from tests.helpers.reviews import pod
 from tests.helpers.skopeo import inspect_raw
 
-#: the copy's pace: 1.2 MB of layers at 150 kB/s takes about 8 s, long past the time to admit the Pod
+#: the copy's pace: each layer at 150 kB/s, so four layers of 300 kB take 2 s, long past the time to admit a Pod
 RATE = 150_000
 RELEASE_TIMEOUT = 180.0
 
@@ -74,9 +74,9 @@ def user(api):
     client.close()
 
 
-def large_image(registry, name: str) -> tuple[str, str]:
+def large_image(registry, name: str, layer_size: int = 300_000) -> tuple[str, str]:
     repo = unique(name)
-    digest = push_image(registry, repo, "v1", make_image(layers=4, layer_size=300_000, seed=repo))
+    digest = push_image(registry, repo, "v1", make_image(layers=4, layer_size=layer_size, seed=repo))
     return repo, digest
 
 
@@ -124,11 +124,12 @@ def test_a_pod_with_a_large_new_image_is_admitted_at_once_and_released_pinned_to
 
 def test_after_a_restart_imgrep_finds_its_gated_pods_and_releases_them(api, slow_source, gating, user, registry_basic):
     registry, proxy = slow_source
-    repo, digest = large_image(registry, "gates/restart")
+    repo, digest = large_image(registry, "gates/restart", layer_size=1_500_000)  # 10 s to copy
     prefix = unique("restart")
     first = gating(prefix)
     name = create_gated(user, api, f"{proxy.host}/{repo}:v1")["metadata"]["name"]
-    first.stop()  # mid-copy: the copy is abandoned with the process
+    first.process.kill()  # dies mid-copy, as on a node failure
+    first.process.wait(timeout=30)
     assert released(api, name) is None
     second = gating(prefix)
     assert wait_until(lambda: released(api, name), timeout=RELEASE_TIMEOUT, interval=0.25), second.output()[-3000:]
