@@ -18,7 +18,7 @@ from tests.helpers.clock import wait_until
 from tests.helpers.engine import unique
 from tests.helpers.faultproxy import Fault, FaultProxy
 from tests.helpers.images import make_image, push_image
-from tests.helpers.kubeapi import Admission, FakeKubeAPI
+from tests.helpers.kubeapi import Admission, FakeKubeAPI, serving_imgrep
 from tests.helpers.kubeobjects import write_kubeconfig_json
 from tests.helpers.reviews import pod
 from tests.helpers.skopeo import inspect_raw
@@ -30,11 +30,8 @@ RELEASE_TIMEOUT = 180.0
 
 @pytest.fixture
 def api(tmp_path):
-    with FakeKubeAPI(tmp_path / "api") as fake:
-        for verb, group, resource in PERMISSIONS:
-            fake.grant(fake.service_account_user, verb, resource, group=group)
+    with serving_imgrep(tmp_path / "api", PERMISSIONS) as fake:
         yield fake
-        fake.assert_schemas_ok()
 
 
 @pytest.fixture

@@ -56,6 +56,8 @@ import secrets
 import ssl
 import threading
 import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler
@@ -70,7 +72,7 @@ from tests.helpers.kubeadmission import Admission, AdmissionChain, Attributes, W
 from tests.helpers.kubeselector import SelectorError, parse_selector
 from tests.helpers.kubestatus import FieldError, GoLiteral, Refusal, invalid, status
 
-__all__ = ["Admission", "FakeKubeAPI", "Seen", "WebhookCall", "validate", "KUBERNETES_VERSION"]
+__all__ = ["Admission", "FakeKubeAPI", "Seen", "WebhookCall", "validate", "serving_imgrep", "KUBERNETES_VERSION"]
 
 #: the schemas every object is checked against
 KUBERNETES_VERSION = "1.29.0"
@@ -712,3 +714,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     do_GET = do_POST = do_PUT = do_DELETE = _answer
+
+
+@contextmanager
+def serving_imgrep(directory: Path, permissions: Iterable[tuple[str, str, str]],
+                   namespace: str = "") -> Iterator[FakeKubeAPI]:
+    """The fake with imgrep's service account granted ``permissions`` ((verb, group, resource), in
+    ``namespace`` or everywhere); on the way out, nothing it received or served strayed from the schemas."""
+    with FakeKubeAPI(directory) as fake:
+        for verb, group, resource in permissions:
+            fake.grant(fake.service_account_user, verb, resource, namespace, group=group)
+        yield fake
+        fake.assert_schemas_ok()

@@ -22,7 +22,7 @@ from imgrep.kube.lease import lease_name, new_lease
 from imgrep.observe.io.logs import Logger
 from tests.helpers.engine import unique
 from tests.helpers.images import make_image, push_image
-from tests.helpers.kubeapi import FakeKubeAPI
+from tests.helpers.kubeapi import FakeKubeAPI, serving_imgrep
 from tests.helpers.kubeobjects import write_kubeconfig_json
 from tests.helpers.reviews import pod, post, review_bytes
 
@@ -33,11 +33,8 @@ WAIT = 20.0
 
 @pytest.fixture
 def api(tmp_path):
-    with FakeKubeAPI(tmp_path / "api") as fake:
-        for verb, group, resource in PERMISSIONS:
-            fake.grant(fake.service_account_user, verb, resource, NAMESPACE, group=group)
+    with serving_imgrep(tmp_path / "api", PERMISSIONS, NAMESPACE) as fake:
         yield fake
-        fake.assert_schemas_ok()
         assert {(seen.verb, seen.group, seen.resource) for seen in fake.requests} <= PERMISSIONS
         assert {seen.namespace for seen in fake.requests} <= {NAMESPACE}
 

@@ -21,11 +21,13 @@ from imgrep.cli import build_runtime, cluster_features
 from imgrep.config import load_config
 from imgrep.kube.api import ListResult
 from imgrep.observe.io.logs import Logger
+from imgrep.oci.reference import parse_reference
+from imgrep.oci.results import REPLICATED, CheckResult
 from tests.helpers.clock import wait_until
 from tests.helpers.engine import unique
 from tests.helpers.faultproxy import Fault, FaultProxy
 from tests.helpers.images import make_image, push_image
-from tests.helpers.kubeapi import FakeKubeAPI
+from tests.helpers.kubeapi import FakeKubeAPI, serving_imgrep
 from tests.helpers.kubeobjects import write_kubeconfig_json
 from tests.helpers.reviews import pod
 from tests.helpers.skopeo import inspect_raw
@@ -35,11 +37,8 @@ WAIT = 60.0
 
 @pytest.fixture
 def api(tmp_path):
-    with FakeKubeAPI(tmp_path / "api") as fake:
-        for verb, group, resource in PERMISSIONS:
-            fake.grant(fake.service_account_user, verb, resource, group=group)
+    with serving_imgrep(tmp_path / "api", PERMISSIONS) as fake:
         yield fake
-        fake.assert_schemas_ok()
         assert {(seen.verb, seen.group, seen.resource) for seen in fake.requests} <= PERMISSIONS
 
 
@@ -219,3 +218,55 @@ def test_the_gatekeeper_sweeps_at_start_when_woken_and_stops(tmp_path):
         runtime.checker.close()
         runtime.transport.close()
     assert wait_until(lambda: not keeper.running, timeout=WAIT)
+
+
+class ListedKube(CountingKube):
+    """Lists the given Pods and records the updates sent for them."""
+
+    def __init__(self, pods: list[dict]) -> None:
+        super().__init__()
+        self.pods, self.updates = pods, []
+
+    def list(self, resource, namespace="", **kwargs):
+        super().list(resource, namespace, **kwargs)
+        return ListResult(tuple(self.pods), "1", 0)
+
+    def update(self, resource, namespace, obj, deadline=None):
+        self.updates.append(obj)
+        return obj
+
+
+class Lookups:
+    """Stands in for the webhook's lookups: ``broken`` raises (a bug), anything else is in the target."""
+
+    def __init__(self, replicator, broken: str) -> None:
+        self.replicator, self.broken = replicator, broken
+
+    def look_up(self, images, deadline, *, replicate, wait_for_copies, request):
+        if self.broken in images:
+            raise KeyError("bug")
+        return [CheckResult(image, REPLICATED, parse_reference(image), digest="sha256:" + "c" * 64) for image in images]
+
+
+def test_one_pod_that_trips_a_bug_does_not_hold_back_the_others(tmp_path):
+    pods = []
+    for name, image in (("first", "broken:1"), ("second", "fine:1")):
+        obj = pod(image, name=name, namespace="shop")
+        obj["metadata"]["labels"] = {GATED_LABEL: "true"}
+        obj["spec"]["schedulingGates"] = [{"name": SCHEDULING_GATE}]
+        pods.append(obj)
+    kube = ListedKube(pods)
+    runtime = build_runtime(load_config({"TARGET_REGISTRY": "mirror.internal", "MUTATE": "true", "GATE_PODS": "true"}))
+    log = io.StringIO()
+    keeper = GateKeeper(kube, Lookups(runtime.replicator, "broken:1"), runtime.config, runtime.telemetry,
+                        Logger("json", stream=log), identity="imgrep-0")
+    try:
+        assert keeper.sweep() == {FAILED: 1, RELEASED: 1}
+    finally:
+        runtime.replicator.close()
+        runtime.checker.close()
+        runtime.transport.close()
+    [update] = kube.updates
+    assert update["metadata"]["name"] == "second" and scheduling_gates(update) == ()
+    [line] = [json.loads(text) for text in log.getvalue().splitlines() if "pod_release_failed" in text]
+    assert line["name"] == "first" and "KeyError" in line["error"]

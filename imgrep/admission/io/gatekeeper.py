@@ -131,7 +131,14 @@ class GateKeeper:
         counts: dict[str, int] = {}
         for item in listing.items:
             # list items come without apiVersion and kind; the update sends them, as kubectl does
-            outcome = self.settle({"apiVersion": "v1", "kind": "Pod", **item})
+            pod = {"apiVersion": "v1", "kind": "Pod", **item}
+            try:
+                outcome = self.settle(pod)
+            except Exception as exc:  # one Pod's bug must not hold back the others
+                metadata = pod.get("metadata") or {}
+                self.logger.error("pod_release_failed", namespace=metadata.get("namespace"), name=metadata.get("name"),
+                                  error=f"internal error: {type(exc).__name__}: {exc}"[:300])
+                outcome = FAILED
             counts[outcome] = counts.get(outcome, 0) + 1
             if outcome != WAITING:
                 self.telemetry.gate_releases.labels(result=outcome).inc()
