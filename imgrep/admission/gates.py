@@ -12,12 +12,14 @@ sends it.
 from __future__ import annotations
 
 import copy
+from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from imgrep.admission.mutation import ORIGINAL_IMAGES, merged_originals, pointer
 from imgrep.admission.review import CONTAINER_LISTS, SCHEDULING_GATE
 
-__all__ = ["GATED_LABEL", "FAILURE_ANNOTATION", "gate_operations", "released", "with_failure", "failure_event", "failure_message"]
+__all__ = ["GATED_LABEL", "FAILURE_ANNOTATION", "gate_operations", "released", "with_failure", "failure_event", "failure_message",
+           "oldest_age"]
 
 #: set with the gate, so every replica finds the gated Pods with one list call (a label selector)
 GATED_LABEL = "image-replicator.io/gated"
@@ -113,6 +115,18 @@ def failure_event(pod: dict, message: str, *, now: str, instance: str, suffix: s
         "lastTimestamp": now,
         "count": 1,
     }
+
+
+def oldest_age(pods: list[dict], now: float) -> float:
+    """Seconds since the oldest ``creationTimestamp`` (RFC 3339, UTC) among ``pods``; 0 for none or unreadable."""
+    created = []
+    for pod in pods:
+        stamp = _metadata(pod).get("creationTimestamp")
+        try:
+            created.append(datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp())
+        except (TypeError, ValueError):
+            continue
+    return max(0.0, now - min(created)) if created else 0.0
 
 
 def failure_message(failures: Mapping[str, str]) -> str:

@@ -142,6 +142,8 @@ def test_a_failed_copy_leaves_the_pod_gated_with_one_annotation_and_one_event(ap
     keeper = replica()
     assert keeper.settled() == {FAILED: 1}
     stored = api.object("pods", "shop", "web")
+    assert keeper.runtime.telemetry.gated_pods.value() == 1
+    assert 0 <= keeper.runtime.telemetry.oldest_gated_pod.value() < WAIT * 2  # put there by this test
     assert scheduling_gates(stored) == (SCHEDULING_GATE,)  # nothing schedules before its images are mirrored
     note = stored["metadata"]["annotations"][FAILURE_ANNOTATION]
     assert f"{proxy.host}/{repo}:v1: replication failed" in note and "content hashes to" in note

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from datetime import datetime, timezone
 
 import pytest
 
@@ -13,6 +14,7 @@ from imgrep.admission.gates import (
     failure_event,
     failure_message,
     gate_operations,
+    oldest_age,
     released,
     with_failure,
 )
@@ -111,3 +113,14 @@ def test_a_stored_pod_is_looked_up_with_its_pull_secrets_as_an_admission_would()
     assert (request.namespace, request.name, request.images, request.pull_secrets) == (
         admitted.namespace, admitted.name, admitted.images, admitted.pull_secrets)
     assert request.gated and admitted.gated
+
+
+def test_the_oldest_gated_pod_is_timed_from_its_creation_and_unreadable_stamps_are_skipped():
+    old, new, odd = stored("a:1"), stored("b:1"), stored("c:1")
+    old["metadata"]["creationTimestamp"] = "2026-12-01T10:00:00Z"
+    new["metadata"]["creationTimestamp"] = "2026-12-01T11:59:00Z"
+    odd["metadata"]["creationTimestamp"] = "yesterday"
+    noon = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc).timestamp()
+    assert oldest_age([new, odd, old], noon) == 7200
+    assert oldest_age([odd], noon) == 0 and oldest_age([], noon) == 0
+    assert oldest_age([new], noon - 3600) == 0  # a clock behind the API server's is no negative age

@@ -23,7 +23,14 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
 
-from imgrep.admission.gates import GATED_LABEL, failure_event, failure_message, released, with_failure
+from imgrep.admission.gates import (
+    GATED_LABEL,
+    failure_event,
+    failure_message,
+    oldest_age,
+    released,
+    with_failure,
+)
 from imgrep.admission.io.service import Webhook
 from imgrep.admission.mutation import needs_rewrite, replacement
 from imgrep.admission.review import AdmissionRequest, pod_request
@@ -128,6 +135,7 @@ class GateKeeper:
         """Every gated Pod looked at once; how many came to each outcome."""
         listing = self.kube.list(PODS, label_selector=f"{GATED_LABEL}=true", deadline=self.clock() + LIST_TIMEOUT)
         self.telemetry.gated_pods.set(len(listing.items))
+        self.telemetry.oldest_gated_pod.set(oldest_age(list(listing.items), self.wall_clock()))
         counts: dict[str, int] = {}
         for item in listing.items:
             # list items come without apiVersion and kind; the update sends them, as kubectl does

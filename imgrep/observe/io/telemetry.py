@@ -36,6 +36,8 @@ class Telemetry:
             "imgrep_mutation_requests_total", "Mutation requests (POST /mutate) answered.", ("result", "reason"))
         self.gated_pods = r.gauge(
             "imgrep_gated_pods", "Pods held at imgrep's scheduling gate, as of the last sweep.")
+        self.oldest_gated_pod = r.gauge(
+            "imgrep_oldest_gated_pod_seconds", "Age of the oldest Pod at imgrep's scheduling gate (0: none).")
         self.gate_releases = r.counter(
             "imgrep_gate_releases_total", "Gated Pods looked at, by outcome (released, failed, conflict, gone).",
             ("result",))
