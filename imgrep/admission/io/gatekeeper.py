@@ -23,14 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
 
-from imgrep.admission.gates import (
-    GATED_LABEL,
-    failure_event,
-    failure_message,
-    oldest_age,
-    released,
-    with_failure,
-)
+from imgrep.admission.gates import GATED_LABEL, failure_event, failure_message, oldest_age, released, with_failure
 from imgrep.admission.io.service import Webhook
 from imgrep.admission.mutation import needs_rewrite, replacement
 from imgrep.admission.review import AdmissionRequest, pod_request
