@@ -5,6 +5,9 @@ source, and the real registries. README "Scheduling gates"."""
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -131,3 +134,14 @@ def test_after_a_restart_imgrep_finds_its_gated_pods_and_releases_them(api, slow
     second = gating(prefix)
     assert wait_until(lambda: released(api, name), timeout=RELEASE_TIMEOUT, interval=0.25), second.output()[-3000:]
     assert released(api, name)["spec"]["containers"][0]["image"] == f"{registry_basic.host}/{prefix}/{repo}:v1@{digest}"
+
+
+def test_gates_without_api_access_stop_the_start_naming_the_variable(zipapp, tmp_path):
+    """A webhook that would gate Pods it can never release must not start: exit 2, one line."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SKIP_TLS": "true", "MUTATE": "true",
+           "GATE_PODS": "true", "TARGET_REGISTRY": "mirror.internal"}  # no KUBECONFIG, not in a cluster
+    done = subprocess.run([sys.executable, str(zipapp)], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith("imgrep: configuration error: GATE_PODS") and "Kubernetes API" in line
