@@ -118,6 +118,8 @@ def test_a_pod_with_a_large_new_image_is_admitted_at_once_and_released_pinned_to
     assert [c.webhook.startswith("mutate") for c in updates] == [True, False]
     assert all(c.response["response"]["allowed"] for c in updates)
     assert "patch" not in updates[0].response["response"]  # already pointed at the mirror: nothing to rewrite
+    # logged once the API has answered the update, which the fake stored a moment before
+    assert wait_until(lambda: any(r["event"] == "pod_released" for r in webhook.log_records()), timeout=30)
     [line] = [r for r in webhook.log_records() if r["event"] == "pod_released"]
     assert line["name"] == name and line["rewritten"] == {image: f"{mirror}@{digest}"}
 
