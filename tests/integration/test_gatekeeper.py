@@ -244,7 +244,7 @@ class Lookups:
     def __init__(self, replicator, broken: str) -> None:
         self.replicator, self.broken = replicator, broken
 
-    def look_up(self, images, deadline, *, replicate, wait_for_copies, request):
+    def look_up(self, images, deadline, *, replicate, copy_wait, request):
         if self.broken in images:
             raise KeyError("bug")
         return [CheckResult(image, REPLICATED, parse_reference(image), digest="sha256:" + "c" * 64) for image in images]

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from imgrep.admission.io.mutator import Mutator
+from imgrep.admission.io.mutator import GATE_AFTER_SECONDS, Mutator
 from imgrep.admission.io.replicator import Replicator
 from imgrep.config import MUTATE_PIN, MUTATE_TARGET, Config, TargetRegistry
 from imgrep.observe.io.logs import Logger
@@ -29,12 +29,12 @@ class FakeWebhook:
         self.fail = fail
         self.copying = copying
         self.calls: list[tuple[list[str], bool]] = []
-        self.waited: list[bool] = []
+        self.waited: list[float | None] = []
         self.replicator = Replicator(copier=None, client=None, target=TARGET, include_registry=False, timeout=60)
 
-    def look_up(self, images, deadline, *, replicate, wait_for_copies=True, request=None):
+    def look_up(self, images, deadline, *, replicate, copy_wait=None, request=None):
         self.calls.append((list(images), replicate))
-        self.waited.append(wait_for_copies)
+        self.waited.append(copy_wait)
         if self.fail:
             raise self.fail
         return [CheckResult(image, ERROR, parse_reference(image), digest=DIGEST, reason="replicating, retry shortly",
@@ -157,7 +157,7 @@ def test_with_gates_a_pod_whose_copy_runs_is_gated_at_once_and_what_is_done_rewr
     try:
         subject, told = gating(webhook)
         patch = patch_of(answer(subject, review("nginx:1.27", "big:1")))
-        assert webhook.waited == [False]  # admitted at once: the copy goes on behind the gate
+        assert webhook.waited == [GATE_AFTER_SECONDS]  # then admitted: the copy goes on behind the gate
         assert patch[0]["value"] == f"mirror.internal:5000/cache/library/nginx:1.27@{DIGEST}"
         assert {"op": "add", "path": "/spec/schedulingGates",
                 "value": [{"name": "image-replicator.io/replicating"}]} in patch
@@ -183,4 +183,13 @@ def test_gates_are_set_only_when_a_pod_is_created_for_real(operation, dry_run):
 def test_without_gates_a_pod_waits_for_its_copies_within_the_budget(fake):
     subject, _log, _telemetry = mutator(fake, target=TARGET, mutate=MUTATE_TARGET)
     answer(subject, review("nginx:1.27"))
-    assert fake.waited == [True]
+    assert fake.waited == [None]
+
+
+def test_with_gates_a_copy_done_within_the_short_wait_is_pointed_at_and_the_pod_is_not_gated(fake):
+    subject, told = gating(fake)
+    patch = patch_of(answer(subject, review("nginx:1.27")))
+    assert fake.waited == [GATE_AFTER_SECONDS]
+    assert all("schedulingGates" not in op["path"] and "gated" not in op["path"] for op in patch)
+    assert patch[0]["value"].endswith(f"@{DIGEST}") and told == []
+    assert subject.telemetry.mutation_requests.value(result="patched", reason="rewritten") == 1

@@ -134,15 +134,30 @@ def test_without_waiting_for_copies_a_copy_is_started_and_only_a_finished_one_co
     copier = FakeCopier(hold=hold)
     subject = replicator(copier, clock)
     try:
-        [result] = subject.replicate_all([found()], clock() + 30, wait_for_copies=False)
+        [result] = subject.replicate_all([found()], clock() + 30, copy_wait=0)
         assert result.copying is True and copier.calls == 1  # answered at once, 30 s of budget unused
         hold.set()
         assert subject.replicate_all([found()], clock() + 5)[0].status == REPLICATED
-        assert subject.replicate_all([found()], clock(), wait_for_copies=False)[0].status == REPLICATED
+        assert subject.replicate_all([found()], clock(), copy_wait=0)[0].status == REPLICATED
         assert copier.calls == 1
     finally:
         hold.set()
         subject.close()
+
+
+def test_a_copy_is_waited_for_only_as_long_as_asked(clock):
+    hold = threading.Event()
+    subject = replicator(FakeCopier(hold=hold), clock)
+    quick = replicator(FakeCopier(), clock)
+    try:
+        [result] = subject.replicate_all([found()], clock() + 30, copy_wait=0.05)
+        assert result.copying is True  # still running when the wait ran out, 30 s of budget left
+        [result] = quick.replicate_all([found()], clock() + 30, copy_wait=30)
+        assert result.status == REPLICATED  # done within the wait: counted at once
+    finally:
+        hold.set()
+        subject.close()
+        quick.close()
 
 
 def test_each_tag_of_one_digest_is_replicated_and_remembered_on_its_own(clock):

@@ -169,7 +169,7 @@ class GateKeeper:
         target = self.config.target
         images = [image for image in request.images if needs_rewrite(image, MUTATE_TARGET, target)]
         deadline = self.clock() + self.config.admission_budget_seconds
-        results = self.webhook.look_up(images, deadline, replicate=True, wait_for_copies=False, request=request)
+        results = self.webhook.look_up(images, deadline, replicate=True, copy_wait=0.0, request=request)
         if any(result.copying for result in results):
             return _Outcome(WAITING, {}, {})
         replacements, failures = {}, {}

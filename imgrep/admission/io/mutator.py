@@ -26,7 +26,12 @@ from imgrep.observe.io.logs import Logger
 from imgrep.observe.io.telemetry import Telemetry
 from imgrep.oci.reference import Reference
 
-__all__ = ["Mutator"]
+__all__ = ["Mutator", "GATE_AFTER_SECONDS"]
+
+
+#: how long a Pod being created waits for its copies before it is gated instead: a copy done by
+#: then is pointed at at once, and the Pod needs no gate and no release update
+GATE_AFTER_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,8 @@ class Mutator:
         replicate = mode == MUTATE_TARGET and not request.dry_run  # sideEffects: NoneOnDryRun
         # gates can be set only when a Pod is created (README "Scheduling gates")
         gating = replicate and self.config.gate_pods and request.operation == "CREATE"
-        results = self.webhook.look_up(images, deadline, replicate=replicate, wait_for_copies=not gating,
+        results = self.webhook.look_up(images, deadline, replicate=replicate,
+                                       copy_wait=GATE_AFTER_SECONDS if gating else None,
                                        request=request)
         rewritten = {}
         for result in results:

@@ -112,19 +112,22 @@ class Replicator:
 
     def replicate_all(self, results: list[CheckResult], deadline: float,
                       copy_client: Callable[[Reference], RegistryClient | None] | None = None, *,
-                      wait_for_copies: bool = True) -> list[CheckResult]:
+                      copy_wait: float | None = None) -> list[CheckResult]:
         """Each existing image copied (or found) in the target; others pass through unchanged.
 
         Source errors are turned into allowance with a warning when the target holds the
         tag (README "Replication": the source unreachable, the target holding the tag). ``copy_client`` gives
         the client a copy reads its source with (a tenant's pull secret), None for imgrep's own.
-        Without ``wait_for_copies`` a copy is started (or joined) but only one already done counts.
+        Copies are waited for up to ``copy_wait`` seconds (None: until ``deadline``); 0 starts (or
+        joins) them and counts only one already done. Target probes always get until ``deadline``.
         """
+        copies_until = deadline if copy_wait is None else min(deadline, self.clock() + copy_wait)
         slots = [self._start(result, deadline, copy_client) for result in results]
-        pending = [future for result, future in slots
-                   if future is not None and (wait_for_copies or result.status == ERROR)]
-        if pending:
-            wait(pending, timeout=max(0.0, deadline - self.clock()))
+        probes = [future for result, future in slots if future is not None and result.status == ERROR]
+        copies = [future for result, future in slots if future is not None and result.status != ERROR]
+        for pending, until in ((probes, deadline), (copies, copies_until)):
+            if pending:
+                wait(pending, timeout=max(0.0, until - self.clock()))
         return [self._settle(result, future) for result, future in slots]
 
     def _start(self, result: CheckResult, deadline: float, copy_client=None) -> tuple[CheckResult, Future | None]:

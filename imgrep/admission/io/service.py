@@ -87,7 +87,7 @@ class Webhook:
         # With Pods pointed at the mirror, /mutate has waited for their copies and rewritten what was
         # done. A copy that completed while validation waited would admit the Pod as written, unmirrored.
         pointed = self.config.mutate == MUTATE_TARGET and request.kind in POD_KINDS
-        results = self.look_up(list(request.new_images), deadline, replicate=replicate, wait_for_copies=not pointed,
+        results = self.look_up(list(request.new_images), deadline, replicate=replicate, copy_wait=0.0 if pointed else None,
                                request=request)
         # a Pod at imgrep's gate is not scheduled, so nothing pulls what is still being copied
         gated = self.config.gate_pods and request.gated
@@ -95,7 +95,7 @@ class Webhook:
                           gated=gated)
         return decision, results
 
-    def look_up(self, images: list[str], deadline: float, *, replicate: bool, wait_for_copies: bool = True,
+    def look_up(self, images: list[str], deadline: float, *, replicate: bool, copy_wait: float | None = None,
                 request: AdmissionRequest | None = None) -> list[CheckResult]:
         """One check result per image within ``deadline``; with ``replicate``, copied to the target too
         (the mutating endpoint asks the same, and shares the same lookups and copies). ``request``'s
@@ -108,7 +108,7 @@ class Webhook:
         self._count_checks(results)
         if replicate:
             results = self.replicator.replicate_all(results, deadline, route.copy_client if route else None,
-                                                    wait_for_copies=wait_for_copies)
+                                                    copy_wait=copy_wait)
         return results
 
     def _remember(self, request: AdmissionRequest, results: list[CheckResult]) -> None:
