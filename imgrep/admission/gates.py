@@ -18,8 +18,8 @@ from typing import Any, Mapping
 from imgrep.admission.mutation import ORIGINAL_IMAGES, merged_originals, pointer
 from imgrep.admission.review import CONTAINER_LISTS, SCHEDULING_GATE
 
-__all__ = ["GATED_LABEL", "FAILURE_ANNOTATION", "gate_operations", "released", "with_failure", "failure_event", "failure_message",
-           "oldest_age"]
+__all__ = ["GATED_LABEL", "FAILURE_ANNOTATION", "gate_operations", "released", "with_failure", "failure_event",
+           "failure_message", "oldest_age"]
 
 #: set with the gate, so every replica finds the gated Pods with one list call (a label selector)
 GATED_LABEL = "image-replicator.io/gated"

@@ -18,7 +18,7 @@ container name to the image as written (README "Mutation").
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from imgrep.admission.policy import too_many_images, triage
 from imgrep.admission.review import CONTAINER_LISTS, AdmissionRequest
@@ -27,7 +27,7 @@ from imgrep.errors import InvalidReference
 from imgrep.oci.reference import Reference, parse_reference
 from imgrep.oci.results import EXISTS, REPLICATED, CheckResult
 
-__all__ = ["ORIGINAL_IMAGES", "skip_reason", "needs_rewrite", "replacement", "mirrored", "pinned", "build_patch",
+__all__ = ["ORIGINAL_IMAGES", "skip_reason", "needs_rewrite", "replacement", "replacements", "mirrored", "pinned", "build_patch",
            "pointer", "merged_originals"]
 
 ORIGINAL_IMAGES = "image-replicator.io/original-images"
@@ -79,7 +79,7 @@ def pinned(image: str, digest: str) -> str:
 
 
 def replacement(result: CheckResult, mode: str, target: TargetRegistry | None,
-                target_repository: Callable[[Reference], str]) -> str | None:
+                target_repository: Callable[[Reference], str] | None) -> str | None:
     """What ``result.image`` becomes, or None to leave it as written.
 
     Mirroring needs a REPLICATED result: the replicator copied the digest to the target, or
@@ -92,9 +92,21 @@ def replacement(result: CheckResult, mode: str, target: TargetRegistry | None,
         return None
     if mode == MUTATE_PIN or (target is not None and target.contains(reference.registry, reference.repository)):
         return pinned(result.image, result.digest) if result.status in (EXISTS, REPLICATED) else None
-    if result.status != REPLICATED or target is None:
+    if result.status != REPLICATED or target is None or target_repository is None:
         return None
     return mirrored(reference, target.host, target_repository(reference), result.digest)
+
+
+def replacements(results: Sequence[CheckResult], mode: str, target: TargetRegistry | None,
+                 target_repository: Callable[[Reference], str] | None) -> dict[str, str]:
+    """Image as written → what it becomes, for each result that has a :func:`replacement`
+    (``target_repository`` names a copy's repository; None only without a target)."""
+    found = {}
+    for result in results:
+        new = replacement(result, mode, target, target_repository)
+        if new is not None:
+            found[result.image] = new
+    return found
 
 
 def pointer(*parts: str | int) -> str:

@@ -25,14 +25,14 @@ from typing import Callable
 
 from imgrep.admission.gates import GATED_LABEL, failure_event, failure_message, oldest_age, released, with_failure
 from imgrep.admission.io.service import Webhook
-from imgrep.admission.mutation import needs_rewrite, replacement
+from imgrep.admission.mutation import needs_rewrite, replacements
 from imgrep.admission.review import AdmissionRequest, pod_request
 from imgrep.config import MUTATE_TARGET, Config
 from imgrep.kube.api import EVENTS, PODS, KubeConflict, KubeError, KubeForbidden, KubeNotFound
 from imgrep.kube.io.client import KubeClient
 from imgrep.observe.io.logs import Logger
 from imgrep.observe.io.telemetry import Telemetry
-from imgrep.oci.reference import Reference
+from imgrep.oci.results import CheckResult
 
 __all__ = ["GateKeeper", "PERMISSIONS", "WAITING", "RELEASED", "FAILED", "CONFLICT", "GONE"]
 
@@ -155,7 +155,7 @@ class GateKeeper:
                 self.kube.update(PODS, request.namespace, released(pod, outcome.replacements))
                 self.logger.info("pod_released", **where, rewritten=outcome.replacements or None)
             elif outcome.result == FAILED:
-                self._note(pod, failure_message(outcome.failures))
+                self._note(pod, request, failure_message(outcome.failures))
             return outcome.result
         except KubeConflict:  # changed meanwhile (another replica released it): read again next sweep
             return CONFLICT
@@ -172,27 +172,16 @@ class GateKeeper:
         results = self.webhook.look_up(images, deadline, replicate=True, copy_wait=0.0, request=request)
         if any(result.copying for result in results):
             return _Outcome(WAITING, {}, {})
-        replacements, failures = {}, {}
-        for result in results:
-            new = replacement(result, MUTATE_TARGET, target, self._target_repository)
-            if new is not None:
-                replacements[result.image] = new
-            else:
-                detail = f" ({result.detail})" if result.detail else ""
-                failures[result.image] = f"{result.reason or 'not confirmed in the target'}{detail}"
-        if failures:
-            return _Outcome(FAILED, failures, replacements)
-        return _Outcome(RELEASED, {}, replacements)
+        rewritten = replacements(results, MUTATE_TARGET, target, self.webhook.replicator.repository_for)
+        failures = {result.image: _why(result) for result in results if result.image not in rewritten}
+        return _Outcome(FAILED if failures else RELEASED, failures, rewritten)
 
-    def _target_repository(self, reference: Reference) -> str:
-        return self.webhook.replicator.target_repo(reference).repository
-
-    def _note(self, pod: dict, message: str) -> None:
+    def _note(self, pod: dict, request: AdmissionRequest, message: str) -> None:
         """The failure on the Pod (annotation) and in its Events, once per distinct message."""
         updated = with_failure(pod, message)
         if updated is None:
             return
-        namespace, name = pod["metadata"].get("namespace", ""), pod["metadata"].get("name", "")
+        namespace, name = request.namespace, request.name
         self.kube.update(PODS, namespace, updated)
         self.logger.warning("pod_gated_failure", namespace=namespace, name=name, error=message)
         now = datetime.fromtimestamp(self.wall_clock(), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -202,6 +191,12 @@ class GateKeeper:
         except KubeError as exc:  # the annotation says it already; the Event is for kubectl describe
             self.logger.warning("gate_event_failed", namespace=namespace, name=name, **_permission(exc),
                                 error=str(exc))
+
+
+def _why(result: CheckResult) -> str:
+    """Why an image keeps its Pod gated: the check's or the copy's reason, and its detail."""
+    detail = f" ({result.detail})" if result.detail else ""
+    return f"{result.reason or 'not confirmed in the target'}{detail}"
 
 
 def _permission(error: KubeError) -> dict[str, str]:

@@ -18,13 +18,12 @@ from typing import Callable
 
 from imgrep.admission.gates import gate_operations
 from imgrep.admission.io.service import Webhook, log_fields
-from imgrep.admission.mutation import build_patch, needs_rewrite, replacement, skip_reason
+from imgrep.admission.mutation import build_patch, needs_rewrite, replacements, skip_reason
 from imgrep.admission.policy import Decision
 from imgrep.admission.review import AdmissionRequest
 from imgrep.config import MUTATE_OFF, MUTATE_TARGET, Config
 from imgrep.observe.io.logs import Logger
 from imgrep.observe.io.telemetry import Telemetry
-from imgrep.oci.reference import Reference
 
 __all__ = ["Mutator", "GATE_AFTER_SECONDS"]
 
@@ -87,17 +86,11 @@ class Mutator:
         results = self.webhook.look_up(images, deadline, replicate=replicate,
                                        copy_wait=GATE_AFTER_SECONDS if gating else None,
                                        request=request)
-        rewritten = {}
-        for result in results:
-            new = replacement(result, mode, target, self._target_repository)
-            if new is not None:
-                rewritten[result.image] = new
+        replicator = self.webhook.replicator  # None with MUTATE=pin and no target: nothing is mirrored
+        rewritten = replacements(results, mode, target, replicator.repository_for if replicator else None)
         if gating and any(result.copying for result in results):
             return _Lookup("gated", rewritten, gated=True)
         return _Lookup("rewritten" if rewritten else "unconfirmed", rewritten)
-
-    def _target_repository(self, reference: Reference) -> str:
-        return self.webhook.replicator.target_repo(reference).repository
 
     def _record(self, request: AdmissionRequest, lookup: _Lookup, patched: bool, elapsed: float) -> None:
         result = "patched" if patched else "unchanged"

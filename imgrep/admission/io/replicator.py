@@ -100,7 +100,11 @@ class Replicator:
         self._probes = ThreadPoolExecutor(MAX_PROBES, thread_name_prefix="imgrep-probe")
 
     def target_repo(self, reference: Reference) -> Repo:
-        return Repo(self.target.host, target_repository(reference, self.target, self.include_registry))
+        return Repo(self.target.host, self.repository_for(reference))
+
+    def repository_for(self, reference: Reference) -> str:
+        """The target repository ``reference`` is copied to."""
+        return target_repository(reference, self.target, self.include_registry)
 
     def _key(self, reference: Reference, digest: str) -> str:
         """What one copy job makes true: the digest in the target repository, under the tag when

@@ -87,8 +87,8 @@ class Webhook:
         # With Pods pointed at the mirror, /mutate has waited for their copies and rewritten what was
         # done. A copy that completed while validation waited would admit the Pod as written, unmirrored.
         pointed = self.config.mutate == MUTATE_TARGET and request.kind in POD_KINDS
-        results = self.look_up(list(request.new_images), deadline, replicate=replicate, copy_wait=0.0 if pointed else None,
-                               request=request)
+        results = self.look_up(list(request.new_images), deadline, replicate=replicate,
+                               copy_wait=0.0 if pointed else None, request=request)
         # a Pod at imgrep's gate is not scheduled, so nothing pulls what is still being copied
         gated = self.config.gate_pods and request.gated
         decision = decide(request, results, mode=self.config.mode, error_policy=self.config.registry_error_policy,
